@@ -1,0 +1,1 @@
+"""The Python API (LaminDB-compatible surface) over the service layer."""

@@ -1,0 +1,881 @@
+"""pyfuse3 Operations for lamfs. Runs on the trio loop: every handler is a coroutine that must not
+block, so all catalog, storage, hashing and file I/O goes through `self._run` (a worker thread
+bounded by a CapacityLimiter). The rules (replace, rename, trash, commit ordering) live in the
+service; this module translates calls, keeps inode/handle tables and nothing else.
+
+Inodes: directory d -> 2d-1 (the root, d=1, is inode 1), artifact a -> 2a: stable across renames
+and remounts because they come from catalog ids. Entries that have no catalog id of their own
+(/.lamfs, files inside folder artifacts, files being created) get dynamic inodes >= 2**48.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import shutil
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ..catalog import ROOT_DIR_ID, ArtifactRecord, DirectoryRecord
+from ..errors import AlreadyExists, InvalidKey, IsADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly
+from ..keys import RESERVED_TOP, check_name, extract_suffix, join_key
+from .errno_map import fuse_errors
+
+log = logging.getLogger("lamfs.fuse")
+
+DYN_BASE = 1 << 48
+LAMFS_DIR_INO = DYN_BASE + 1
+BY_UID_INO = DYN_BASE + 2
+XATTR_PREFIX = "user.lamfs."
+XATTRS = ("uid", "hash", "hash_type", "size", "storage_path", "description", "otype", "kind", "version")
+
+
+def dir_ino(dir_id: int) -> int:
+    return 2 * dir_id - 1
+
+
+def art_ino(artifact_id: int) -> int:
+    return 2 * artifact_id
+
+
+@dataclass
+class WriteState:
+    """The local staging copy of a file open for writing; shared by all write handles of an inode."""
+
+    path: Path
+    fd: int
+    record: ArtifactRecord | None  # None: a new file, not yet committed
+    key: str | None
+    dirty: bool = False
+    handles: int = 0
+    unlinked: bool = False
+    mtime_ns: int = field(default_factory=time.time_ns)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Pending:
+    """A file created in the mount whose first commit has not happened yet."""
+
+    ino: int
+    dir_id: int
+    name: str
+    state: WriteState
+
+
+@dataclass
+class Handle:
+    ino: int
+    write: WriteState | None = None
+    append: bool = False
+    # read side: a pinned version
+    record: ArtifactRecord | None = None
+    fd: int | None = None  # local storage: the object file itself (survives replace by rename)
+    storage_key: str | None = None
+    identity: str | None = None
+    size: int = 0
+    pin: object | None = None
+
+
+class LamfsOperations(pyfuse3.Operations):
+    enable_writeback_cache = False
+
+    def __init__(self, service, *, block_cache=None, staging_dir: Path, read_only: bool = False,
+                 entry_ttl_s: float = 1.0, attr_ttl_s: float = 1.0, max_threads: int = 16):
+        super().__init__()
+        self.service = service
+        self.storage = service.storage
+        self.blocks = block_cache
+        self.staging_dir = Path(staging_dir)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        self.entry_ttl_s = entry_ttl_s
+        self.attr_ttl_s = attr_ttl_s
+        self.limiter = trio.CapacityLimiter(max_threads)
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.handles: dict[int, Handle] = {}
+        self._fh = itertools.count(1)
+        self._dyn = itertools.count(DYN_BASE + 16)
+        self.dyn: dict[int, tuple] = {}          # dynamic inode -> ("folder", artifact_id, relpath, is_dir, size)
+        self.dyn_rev: dict[tuple, int] = {}
+        self.pending: dict[int, Pending] = {}    # dynamic inode -> pending create
+        self.alias: dict[int, int] = {}          # committed pending inode -> artifact id
+        self.writers: dict[int, WriteState] = {} # artifact inode -> shared staging
+        self.last_identity: dict[int, str] = {}  # inode -> identity at last open (kernel page cache reuse)
+        self.inflight = 0
+        self.started_ns = time.time_ns()
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    async def _run(self, fn, *args, **kwargs):
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.limiter)
+
+    def _entry(self, ino: int, *, mode: int, size: int, mtime_ns: int, nlink: int = 1) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.generation = 0
+        a.entry_timeout = self.entry_ttl_s
+        a.attr_timeout = self.attr_ttl_s
+        if self.read_only:
+            mode &= ~0o222
+        a.st_mode = mode
+        a.st_nlink = nlink
+        a.st_uid, a.st_gid = self.uid, self.gid
+        a.st_rdev = 0
+        a.st_size = size
+        a.st_blksize = 1 << 17
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime_ns
+        return a
+
+    def _dir_attr(self, rec: DirectoryRecord) -> pyfuse3.EntryAttributes:
+        return self._entry(dir_ino(rec.id), mode=stat.S_IFDIR | (rec.mode & 0o7777), size=4096,
+                           mtime_ns=rec.mtime_ns, nlink=2)
+
+    def _art_attr(self, rec: ArtifactRecord, ino: int | None = None) -> pyfuse3.EntryAttributes:
+        ino = ino or art_ino(rec.id)
+        if rec.is_folder:
+            return self._entry(ino, mode=stat.S_IFDIR | 0o555, size=4096, mtime_ns=rec.mtime_ns, nlink=2)
+        state = self.writers.get(art_ino(rec.id))
+        size, mtime_ns = rec.size, rec.mtime_ns
+        if state is not None:
+            size, mtime_ns = os.fstat(state.fd).st_size, state.mtime_ns
+        perm = (rec.mode & 0o7777) or 0o644
+        if rec.key is None:
+            perm &= ~0o222
+        return self._entry(ino, mode=stat.S_IFREG | perm, size=size, mtime_ns=mtime_ns)
+
+    def _special_attr(self, ino: int) -> pyfuse3.EntryAttributes:
+        return self._entry(ino, mode=stat.S_IFDIR | 0o555, size=4096, mtime_ns=self.started_ns, nlink=2)
+
+    def _pending_attr(self, p: Pending) -> pyfuse3.EntryAttributes:
+        return self._entry(p.ino, mode=stat.S_IFREG | 0o644, size=os.fstat(p.state.fd).st_size,
+                           mtime_ns=p.state.mtime_ns)
+
+    def _dyn_ino(self, key: tuple) -> int:
+        ino = self.dyn_rev.get(key)
+        if ino is None:
+            ino = next(self._dyn)
+            self.dyn_rev[key] = ino
+            self.dyn[ino] = key
+        return ino
+
+    def _resolve(self, ino: int):
+        """Blocking: what an inode is now. Returns ("dir", rec) | ("art", rec) | ("pending", p) |
+        ("special", ino) | ("folder", key-tuple)."""
+        if ino in self.pending:
+            return "pending", self.pending[ino]
+        if ino in (LAMFS_DIR_INO, BY_UID_INO):
+            return "special", ino
+        if ino in self.alias:
+            return "art", self.service.catalog.artifact_by_id(self.alias[ino])
+        if ino >= DYN_BASE:
+            entry = self.dyn.get(ino)
+            if entry is None:
+                raise NotFound(f"stale inode {ino}")
+            return "folder", entry
+        if ino % 2:
+            return "dir", self.service.dir_by_id((ino + 1) // 2)
+        return "art", self.service.catalog.artifact_by_id(ino // 2)
+
+    def _attr_of(self, kind, obj, ino):
+        if kind == "dir":
+            return self._dir_attr(obj)
+        if kind == "art":
+            return self._art_attr(obj, ino if ino in self.alias else None)
+        if kind == "pending":
+            return self._pending_attr(obj)
+        if kind == "special":
+            return self._special_attr(obj)
+        _tag, _aid, _rel, is_dir, size, mtime_ns = obj
+        if is_dir:
+            return self._entry(ino, mode=stat.S_IFDIR | 0o555, size=4096, mtime_ns=mtime_ns, nlink=2)
+        return self._entry(ino, mode=stat.S_IFREG | 0o444, size=size, mtime_ns=mtime_ns)
+
+    def _decode(self, name: bytes) -> str:
+        text = os.fsdecode(name)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidKey(f"names must be valid UTF-8: {name!r}") from exc
+        return check_name(text)
+
+    def _writable_dir(self, kind, obj) -> int:
+        """The directory id new entries may go into, or the errno-carrying refusal."""
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
+        if kind == "dir":
+            return obj.id
+        if kind in ("special",):
+            raise NotPermitted("/.lamfs is read-only")
+        if kind in ("folder",) or (kind == "art" and obj.is_folder):
+            raise ReadOnly("folder artifacts are read-only in the mount; replace them through the API or CLI")
+        raise NotFound("not a directory")
+
+    def _check_new_name(self, dir_id: int, name: str) -> None:
+        if dir_id == ROOT_DIR_ID and name in RESERVED_TOP:
+            raise NotPermitted(f"{name} is reserved for lamfs")
+
+    def _pending_in(self, dir_id: int, name: str) -> Pending | None:
+        for p in self.pending.values():
+            if p.dir_id == dir_id and p.name == name:
+                return p
+        return None
+
+    # -- lookup & attributes ---------------------------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(self, parent_inode, name, ctx=None):
+        name_s = os.fsdecode(name)
+        return await self._run(self._lookup, parent_inode, name_s)
+
+    def _lookup(self, parent_inode: int, name: str) -> pyfuse3.EntryAttributes:
+        if name in (".", ".."):
+            raise NotFound(name)
+        kind, obj = self._resolve(parent_inode)
+        if kind == "special":
+            if obj == LAMFS_DIR_INO and name == "by-uid":
+                return self._special_attr(BY_UID_INO)
+            if obj == BY_UID_INO:
+                rec = self._by_uid_name(name)
+                return self._art_attr(rec)
+            raise NotFound(name)
+        if kind == "dir":
+            if obj.id == ROOT_DIR_ID and name == ".lamfs":
+                return self._special_attr(LAMFS_DIR_INO)
+            p = self._pending_in(obj.id, name)
+            if p is not None:
+                return self._pending_attr(p)
+            child = self.service.lookup_child(obj.id, name)
+            if child is None:
+                raise NotFound(name)
+            return self._dir_attr(child) if isinstance(child, DirectoryRecord) else self._art_attr(child)
+        if kind == "art" and obj.is_folder:
+            return self._folder_lookup(obj, "", name)
+        if kind == "folder" and obj[3]:
+            rec = self.service.catalog.artifact_by_id(obj[1])
+            return self._folder_lookup(rec, obj[2], name)
+        raise NotFound(name)
+
+    def _by_uid_name(self, name: str) -> ArtifactRecord:
+        rec = self.service.catalog.artifact_by_uid(name[:20])
+        if rec is None or rec.is_trashed or name != rec.uid + rec.suffix:
+            raise NotFound(name)
+        return rec
+
+    def _folder_tree(self, rec: ArtifactRecord) -> dict[str, dict[str, tuple[bool, int]]]:
+        """relative dir -> {name: (is_dir, size)} for a folder artifact (from the catalog manifest)."""
+        tree: dict[str, dict[str, tuple[bool, int]]] = {"": {}}
+        for f in self.service.folder_files(rec):
+            parts = f.path.split("/")
+            for i in range(len(parts) - 1):
+                parent, sub = "/".join(parts[:i]), "/".join(parts[: i + 1])
+                tree.setdefault(parent, {})[parts[i]] = (True, 0)
+                tree.setdefault(sub, {})
+            tree.setdefault("/".join(parts[:-1]), {})[parts[-1]] = (False, f.size)
+        return tree
+
+    def _folder_entry(self, rec: ArtifactRecord, rel: str, is_dir: bool, size: int):
+        ino = self._dyn_ino(("folder", rec.id, rec.hash, rel))
+        entry = ("folder", rec.id, rel, is_dir, size, rec.mtime_ns)
+        self.dyn[ino] = entry
+        return ino, self._attr_of("folder", entry, ino)
+
+    def _folder_lookup(self, rec: ArtifactRecord, rel_dir: str, name: str):
+        tree = self._folder_tree(rec)
+        hit = tree.get(rel_dir, {}).get(name)
+        if hit is None:
+            raise NotFound(name)
+        return self._folder_entry(rec, join_key(rel_dir, name), *hit)[1]
+
+    @fuse_errors
+    async def getattr(self, inode, ctx=None):
+        return await self._run(self._getattr, inode)
+
+    def _getattr(self, inode: int):
+        kind, obj = self._resolve(inode)
+        return self._attr_of(kind, obj, inode)
+
+    @fuse_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
+        return await self._run(self._setattr, inode, attr, fields, fh)
+
+    def _setattr(self, inode, attr, fields, fh):
+        kind, obj = self._resolve(inode)
+        if (fields.update_uid and attr.st_uid not in (self.uid,)) or (fields.update_gid and attr.st_gid not in (self.gid,)):
+            raise NotPermitted("chown to another user is not supported")
+        if kind in ("special", "folder") or (kind == "art" and (obj.is_folder or obj.key is None)):
+            if fields.update_size:
+                raise ReadOnly("read-only entry")
+            return self._attr_of(kind, obj, inode)
+        mtime_ns = attr.st_mtime_ns if fields.update_mtime else None
+        mode = (attr.st_mode & 0o7777) if fields.update_mode else None
+        if kind == "dir":
+            self.service.set_dir_attrs(obj.id, mtime_ns=mtime_ns, mode=(stat.S_IFDIR | mode) if mode is not None else None)
+            return self._dir_attr(self.service.dir_by_id(obj.id))
+        if kind == "pending":
+            state = obj.state
+            if fields.update_size:
+                os.ftruncate(state.fd, attr.st_size)
+                state.dirty = True
+            if mtime_ns is not None:
+                state.mtime_ns = mtime_ns
+            return self._pending_attr(obj)
+        rec = obj
+        if fields.update_size:
+            state = self.writers.get(art_ino(rec.id))
+            if state is not None:
+                os.ftruncate(state.fd, attr.st_size)
+                state.dirty = True
+                state.mtime_ns = time.time_ns()
+            else:  # truncate(2) on a path: a replace right away
+                state = self._open_writer(rec, truncate=attr.st_size == 0)
+                try:
+                    os.ftruncate(state.fd, attr.st_size)
+                    state.dirty = True
+                    self._commit(state)
+                finally:
+                    self._drop_writer(art_ino(rec.id), state)
+                rec = state.record
+        changes = {}
+        if mtime_ns is not None:
+            changes["mtime_ns"] = mtime_ns
+            state = self.writers.get(art_ino(rec.id))
+            if state is not None:
+                state.mtime_ns = mtime_ns
+        if mode is not None:
+            changes["mode"] = stat.S_IFREG | mode
+        if changes:
+            rec = self.service.set_attrs(rec, **changes)
+        return self._art_attr(rec, inode if inode in self.alias else None)
+
+    # -- directories -------------------------------------------------------------------------------------
+
+    @fuse_errors
+    async def opendir(self, inode, ctx):
+        entries = await self._run(self._listing, inode)
+        fh = next(self._fh)
+        self.handles[fh] = Handle(ino=inode, record=None)
+        self.handles[fh].listing = entries  # type: ignore[attr-defined]
+        return fh
+
+    def _listing(self, inode: int) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
+        kind, obj = self._resolve(inode)
+        out: list[tuple[str, pyfuse3.EntryAttributes]] = []
+        if kind == "special":
+            if obj == LAMFS_DIR_INO:
+                out.append(("by-uid", self._special_attr(BY_UID_INO)))
+            else:
+                out += [(r.uid + r.suffix, self._art_attr(r)) for r in self.service.keyless()]
+        elif kind == "dir":
+            dirs, arts = self.service.list_dir(obj.id)
+            out += [(d.name, self._dir_attr(d)) for d in dirs]
+            out += [(a.name, self._art_attr(a)) for a in arts]
+            out += [(p.name, self._pending_attr(p)) for p in list(self.pending.values()) if p.dir_id == obj.id]
+            if obj.id == ROOT_DIR_ID:
+                out.append((".lamfs", self._special_attr(LAMFS_DIR_INO)))
+        elif kind == "art" and obj.is_folder:
+            out += self._folder_listing(obj, "")
+        elif kind == "folder" and obj[3]:
+            out += self._folder_listing(self.service.catalog.artifact_by_id(obj[1]), obj[2])
+        else:
+            raise _errno(errno.ENOTDIR, "not a directory")
+        out.sort(key=lambda e: e[0])
+        return [(os.fsencode(n), a) for n, a in out]
+
+    def _folder_listing(self, rec: ArtifactRecord, rel: str):
+        tree = self._folder_tree(rec)
+        return [(name, self._folder_entry(rec, join_key(rel, name), is_dir, size)[1])
+                for name, (is_dir, size) in sorted(tree.get(rel, {}).items())]
+
+    @fuse_errors
+    async def readdir(self, fh, start_id, token):
+        entries = self.handles[fh].listing  # type: ignore[attr-defined]
+        for i in range(start_id, len(entries)):
+            name, attr = entries[i]
+            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+                break
+
+    @fuse_errors
+    async def releasedir(self, fh):
+        self.handles.pop(fh, None)
+
+    @fuse_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        name_s = self._decode(name)
+        return await self._run(self._mkdir, parent_inode, name_s, mode)
+
+    def _mkdir(self, parent_inode, name, mode):
+        kind, obj = self._resolve(parent_inode)
+        dir_id = self._writable_dir(kind, obj)
+        self._check_new_name(dir_id, name)
+        if self._pending_in(dir_id, name):
+            raise AlreadyExists(name)
+        rec = self.service.mkdir(join_key(obj.path, name))
+        self.service.set_dir_attrs(rec.id, mode=stat.S_IFDIR | (mode & 0o7777))
+        return self._dir_attr(self.service.dir_by_id(rec.id))
+
+    @fuse_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        name_s = os.fsdecode(name)
+        await self._run(self._rmdir, parent_inode, name_s)
+
+    def _rmdir(self, parent_inode, name):
+        kind, obj = self._resolve(parent_inode)
+        if kind != "dir":
+            self._writable_dir(kind, obj)
+            raise NotFound(name)
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
+        child = self.service.lookup_child(obj.id, name)
+        if child is None:
+            raise NotFound(name)
+        if isinstance(child, ArtifactRecord):
+            if child.is_folder:
+                raise NotEmpty(f"{name} is a folder artifact: delete it with `lamfs rm` or the API")
+            raise _errno(errno.ENOTDIR, f"{name} is a file")
+        if any(p.dir_id == child.id for p in self.pending.values()):
+            raise NotEmpty(name)
+        self.service.rmdir(child.id)
+
+    # -- files: create / open / read / write / flush -----------------------------------------------------
+
+    def _new_staging(self) -> tuple[Path, int]:
+        path = self.staging_dir / f"w-{os.getpid()}-{time.time_ns()}-{next(self._fh)}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        return path, fd
+
+    def _open_writer(self, rec: ArtifactRecord, *, truncate: bool) -> WriteState:
+        ino = art_ino(rec.id)
+        state = self.writers.get(ino)
+        if state is None:
+            path, fd = self._new_staging()
+            state = WriteState(path=path, fd=fd, record=rec, key=rec.key)
+            try:
+                if not truncate and rec.size:
+                    self._fill_staging(rec, path)
+            except BaseException:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+                raise
+            self.writers[ino] = state
+        elif truncate:
+            os.ftruncate(state.fd, 0)
+        if truncate and (rec.size or os.fstat(state.fd).st_size):
+            state.dirty = True
+        state.handles += 1
+        return state
+
+    def _fill_staging(self, rec: ArtifactRecord, path: Path) -> None:
+        local = self.storage.local_path(rec.storage_key)
+        if local is not None:
+            shutil.copyfile(local, path)
+        else:
+            self.storage.download_file(rec.storage_key, path, etag=rec.storage_etag)
+
+    def _drop_writer(self, ino: int, state: WriteState) -> None:
+        state.handles -= 1
+        if state.handles > 0:
+            return
+        if self.writers.get(ino) is state:
+            del self.writers[ino]
+        os.close(state.fd)
+        if state.dirty and not state.unlinked:
+            log.error("uncommitted writes to %s are kept at %s", state.key, state.path)
+        else:
+            state.path.unlink(missing_ok=True)
+
+    @fuse_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        name_s = self._decode(name)
+        return await self._run(self._create, parent_inode, name_s, mode, flags)
+
+    def _create(self, parent_inode, name, mode, flags):
+        kind, obj = self._resolve(parent_inode)
+        dir_id = self._writable_dir(kind, obj)
+        self._check_new_name(dir_id, name)
+        key = join_key(obj.path, name)
+        from ..keys import validate_key
+
+        validate_key(key)
+        existing = self.service.lookup_child(dir_id, name)
+        if isinstance(existing, DirectoryRecord):
+            raise IsADirectory(name)
+        fh = next(self._fh)
+        if existing is not None:  # lost a race with another writer: open the existing file truncated
+            if flags & os.O_EXCL:
+                raise AlreadyExists(name)
+            state = self._open_writer(existing, truncate=True)
+            self.handles[fh] = Handle(ino=art_ino(existing.id), write=state, append=bool(flags & os.O_APPEND))
+            return pyfuse3.FileInfo(fh=fh), self._art_attr(existing)
+        p = self._pending_in(dir_id, name)
+        if p is None:
+            path, fd = self._new_staging()
+            state = WriteState(path=path, fd=fd, record=None, key=key, dirty=True)
+            p = Pending(ino=next(self._dyn), dir_id=dir_id, name=name, state=state)
+            self.pending[p.ino] = p
+        p.state.handles += 1
+        self.handles[fh] = Handle(ino=p.ino, write=p.state, append=bool(flags & os.O_APPEND))
+        return pyfuse3.FileInfo(fh=fh), self._pending_attr(p)
+
+    @fuse_errors
+    async def open(self, inode, flags, ctx):
+        return await self._run(self._open, inode, flags)
+
+    def _open(self, inode, flags):
+        kind, obj = self._resolve(inode)
+        writing = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+        fh = next(self._fh)
+        if kind == "pending":
+            if writing:
+                obj.state.handles += 1
+                if flags & os.O_TRUNC:
+                    os.ftruncate(obj.state.fd, 0)
+                self.handles[fh] = Handle(ino=inode, write=obj.state, append=bool(flags & os.O_APPEND))
+                return pyfuse3.FileInfo(fh=fh)
+            obj.state.handles += 1  # read of a file still being written: read the staging copy
+            self.handles[fh] = Handle(ino=inode, write=obj.state)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        if kind == "folder":
+            if writing:
+                raise ReadOnly("folder artifacts are read-only in the mount")
+            _tag, aid, rel, is_dir, size, _m = obj
+            rec = self.service.catalog.artifact_by_id(aid)
+            return self._open_reader(fh, inode, rec, f"{rec.storage_key}/{rel}", size, f"h:{rec.hash}:{rel}")
+        if kind != "art" or obj.is_folder:
+            raise IsADirectory("is a directory")
+        rec = obj
+        if writing:
+            if self.read_only:
+                raise ReadOnly("mounted read-only")
+            if rec.key is None:
+                raise ReadOnly("artifacts without a key are read-only under /.lamfs/by-uid")
+            state = self._open_writer(rec, truncate=bool(flags & os.O_TRUNC))
+            self.handles[fh] = Handle(ino=art_ino(rec.id), write=state, append=bool(flags & os.O_APPEND))
+            return pyfuse3.FileInfo(fh=fh)
+        state = self.writers.get(art_ino(rec.id))
+        if state is not None:  # this mount is writing it: read what was written (POSIX within a mount)
+            state.handles += 1
+            self.handles[fh] = Handle(ino=art_ino(rec.id), write=state)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        identity = rec.storage_etag if rec.storage_etag else f"h:{rec.hash}"
+        return self._open_reader(fh, inode, rec, rec.storage_key, rec.size, identity)
+
+    def _open_reader(self, fh, inode, rec, storage_key, size, identity):
+        handle = Handle(ino=inode, record=rec, storage_key=storage_key, identity=identity, size=size)
+        local = self.storage.local_path(storage_key)
+        if local is not None:
+            # keep the object's fd: a replace renames a new file into place, this reader keeps its version
+            handle.fd = os.open(local, os.O_RDONLY)
+        elif self.blocks is not None:
+            handle.pin = self.blocks.open(self._object_id(handle))
+        keep = self.last_identity.get(inode) == identity
+        self.last_identity[inode] = identity
+        self.handles[fh] = handle
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    def _object_id(self, handle: Handle):
+        from ..cache.blocks import ObjectId
+
+        return ObjectId(handle.storage_key, handle.identity, handle.size)
+
+    @fuse_errors
+    async def read(self, fh, off, size):
+        handle = self.handles[fh]
+        return await self._run(self._read, handle, off, size)
+
+    def _read(self, handle: Handle, off: int, size: int) -> bytes:
+        if handle.write is not None:
+            return os.pread(handle.write.fd, size, off)
+        if handle.fd is not None:
+            return os.pread(handle.fd, size, off)
+        if off >= handle.size:
+            return b""
+        if self.blocks is not None:
+            return self.blocks.read(self._object_id(handle), off, size)
+        return self.storage.get_range(handle.storage_key, off, min(size, handle.size - off), etag=handle.record.storage_etag)
+
+    @fuse_errors
+    async def write(self, fh, off, buf):
+        handle = self.handles[fh]
+        if handle.write is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await self._run(self._write, handle, off, buf)
+
+    def _write(self, handle: Handle, off: int, buf: bytes) -> int:
+        state = handle.write
+        if handle.append:
+            off = os.fstat(state.fd).st_size
+        written = os.pwrite(state.fd, buf, off)
+        state.dirty = True
+        state.mtime_ns = time.time_ns()
+        return written
+
+    @fuse_errors
+    async def flush(self, fh):
+        handle = self.handles.get(fh)
+        if handle is None or handle.write is None or not handle.write.dirty:
+            return
+        self.inflight += 1
+        try:
+            await self._run(self._commit_handle, handle)
+        finally:
+            self.inflight -= 1
+
+    @fuse_errors
+    async def fsync(self, fh, datasync):
+        await self.flush(fh)
+
+    def _commit_handle(self, handle: Handle) -> None:
+        state = handle.write
+        pending = self.pending.get(handle.ino)
+        try:
+            self._commit(state)
+        except Exception as exc:
+            log.warning("commit of %s failed; the written bytes are kept at %s: %s", state.key, state.path, exc)
+            raise
+        if pending is not None and state.record is not None:
+            # the file now has a catalog id: later lookups get its stable inode
+            self.alias[pending.ino] = state.record.id
+            del self.pending[pending.ino]
+            self.writers[art_ino(state.record.id)] = state
+            self._invalidate_entry(pending.dir_id, pending.name)
+
+    def _commit(self, state: WriteState) -> None:
+        """Blocking: store the staging bytes and commit (new artifact or replace)."""
+        with state.lock:
+            if not state.dirty or state.unlinked:
+                return
+            if state.record is None:
+                name = state.key.rsplit("/", 1)[-1]
+                result = self.service.draft(state.path, key=state.key, suffix=extract_suffix(name))
+                rec = result if isinstance(result, ArtifactRecord) else self.service.save(result, keep_copy=False)
+            else:
+                current = self.service.refresh(state.record)
+                draft = self.service.draft_replace(current, state.path, suffix=current.suffix)
+                rec = current if draft is None else self.service.replace(draft, keep_copy=False)
+            if state.mtime_ns and rec.mtime_ns != state.mtime_ns:
+                rec = self.service.set_attrs(rec, mtime_ns=state.mtime_ns)
+            state.record = rec
+            state.key = rec.key
+            state.dirty = False
+            if self.blocks is not None:
+                self.blocks.invalidate(rec.storage_key)
+
+    def _invalidate_entry(self, dir_id: int, name: str) -> None:
+        try:
+            pyfuse3.invalidate_entry_async(dir_ino(dir_id), os.fsencode(name))
+        except Exception:  # noqa: BLE001 - best effort: the entry TTL expires anyway
+            pass
+
+    @fuse_errors
+    async def release(self, fh):
+        handle = self.handles.pop(fh, None)
+        if handle is None:
+            return
+        await self._run(self._release, handle)
+
+    def _release(self, handle: Handle) -> None:
+        if handle.fd is not None:
+            os.close(handle.fd)
+        if handle.pin is not None:
+            handle.pin.close()
+        state = handle.write
+        if state is None:
+            return
+        if state.dirty and not state.unlinked and state.handles == 1:
+            try:  # normally flush committed already; this catches writes after the last flush
+                self._commit_handle(handle)
+            except Exception:  # noqa: BLE001 - logged in _commit_handle; bytes stay in staging
+                pass
+        pending = self.pending.get(handle.ino)
+        if pending is not None:
+            state.handles -= 1
+            if state.handles <= 0:
+                del self.pending[handle.ino]
+                os.close(state.fd)
+                if state.dirty and not state.unlinked:
+                    log.error("uncommitted new file %s is kept at %s", state.key, state.path)
+                else:
+                    state.path.unlink(missing_ok=True)
+            return
+        ino = art_ino(state.record.id) if state.record is not None else handle.ino
+        self._drop_writer(ino, state)
+
+    # -- namespace changes ---------------------------------------------------------------------------------
+
+    @fuse_errors
+    async def unlink(self, parent_inode, name, ctx):
+        name_s = os.fsdecode(name)
+        await self._run(self._unlink, parent_inode, name_s)
+
+    def _unlink(self, parent_inode, name):
+        kind, obj = self._resolve(parent_inode)
+        dir_id = self._writable_dir(kind, obj)
+        p = self._pending_in(dir_id, name)
+        if p is not None:
+            p.state.unlinked = True
+            del self.pending[p.ino]
+            return
+        child = self.service.lookup_child(dir_id, name)
+        if child is None:
+            raise NotFound(name)
+        if isinstance(child, DirectoryRecord):
+            raise IsADirectory(name)
+        if child.is_folder:
+            raise IsADirectory(f"{name} is a folder artifact")
+        state = self.writers.get(art_ino(child.id))
+        if state is not None:
+            with state.lock:
+                state.unlinked = True
+        self.service.trash(child)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        old_s, new_s = os.fsdecode(name_old), self._decode(name_new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        self.inflight += 1
+        try:
+            await self._run(self._rename, parent_inode_old, old_s, parent_inode_new, new_s,
+                            bool(flags & pyfuse3.RENAME_NOREPLACE))
+        finally:
+            self.inflight -= 1
+
+    def _rename(self, p_old, old, p_new, new, noreplace):
+        kind_o, obj_o = self._resolve(p_old)
+        kind_n, obj_n = self._resolve(p_new)
+        src_dir = self._writable_dir(kind_o, obj_o)
+        dst_dir = self._writable_dir(kind_n, obj_n)
+        self._check_new_name(dst_dir, new)
+        new_key = join_key(obj_n.path, new)
+        from ..keys import validate_key
+
+        validate_key(new_key)
+        pending = self._pending_in(src_dir, old)
+        if pending is not None:  # still being written: commit it, then move the committed artifact
+            self._commit_handle(Handle(ino=pending.ino, write=pending.state))
+        src = self.service.lookup_child(src_dir, old)
+        if src is None:
+            raise NotFound(old)
+        dst = self.service.lookup_child(dst_dir, new)
+        if dst is not None and noreplace:
+            raise AlreadyExists(new)
+        if isinstance(src, DirectoryRecord):
+            if isinstance(dst, ArtifactRecord):
+                raise _errno(errno.ENOTDIR, f"{new} is not a directory")
+            if isinstance(dst, DirectoryRecord):
+                self.service.rmdir(dst.id)  # ENOTEMPTY unless empty, as rename(2)
+            self.service.rename_dir(src.path, new_key)
+            return
+        if isinstance(dst, DirectoryRecord):
+            raise IsADirectory(new)
+        if dst is None:
+            self.service.rename(src, new_key)
+        else:
+            self.service.rename_over(src, dst)
+            # the kernel now maps the new name to src's inode: let that inode mean dst from here on
+            for ino, aid in list(self.alias.items()):
+                if aid == src.id:
+                    self.alias[ino] = dst.id
+            self.alias[art_ino(src.id)] = dst.id
+            if self.blocks is not None:
+                self.blocks.invalidate(dst.storage_key)
+
+    # -- links, nodes: not supported -------------------------------------------------------------------------
+
+    @fuse_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise NotPermitted("symlinks are not supported")
+
+    @fuse_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise NotPermitted("hard links are not supported")
+
+    @fuse_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise NotPermitted("device nodes are not supported")
+
+    # -- extended attributes -----------------------------------------------------------------------------------
+
+    def _xattr_values(self, rec: ArtifactRecord) -> dict[str, str]:
+        return {
+            "uid": rec.uid, "hash": rec.hash, "hash_type": rec.hash_type, "size": str(rec.size),
+            "storage_path": self.storage.url(rec.storage_key), "description": rec.description or "",
+            "otype": rec.otype or "", "kind": rec.kind or "", "version": rec.version_tag or rec.uid[16:],
+        }
+
+    @fuse_errors
+    async def getxattr(self, inode, name, ctx):
+        return await self._run(self._getxattr, inode, os.fsdecode(name))
+
+    def _getxattr(self, inode, name):
+        kind, obj = self._resolve(inode)
+        if kind != "art" or not name.startswith(XATTR_PREFIX):
+            raise _errno(errno.ENODATA, name)
+        value = self._xattr_values(obj).get(name[len(XATTR_PREFIX):])
+        if value is None:
+            raise _errno(errno.ENODATA, name)
+        return value.encode("utf-8")
+
+    @fuse_errors
+    async def listxattr(self, inode, ctx):
+        kind, _obj = await self._run(self._resolve, inode)
+        if kind != "art":
+            return []
+        return [f"{XATTR_PREFIX}{n}".encode() for n in XATTRS]
+
+    @fuse_errors
+    async def setxattr(self, inode, name, value, ctx):
+        await self._run(self._setxattr, inode, os.fsdecode(name), value)
+
+    def _setxattr(self, inode, name, value):
+        kind, obj = self._resolve(inode)
+        if name != XATTR_PREFIX + "description":
+            if name.startswith(XATTR_PREFIX):
+                raise NotPermitted(f"{name} is read-only")
+            raise _errno(errno.ENOTSUP, name)
+        if kind != "art":
+            raise _errno(errno.ENOTSUP, name)
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
+        self.service.set_attrs(obj, description=value.decode("utf-8", "replace"))
+
+    @fuse_errors
+    async def removexattr(self, inode, name, ctx):
+        name_s = os.fsdecode(name)
+        if name_s == XATTR_PREFIX + "description":
+            await self._run(self._setxattr, inode, name_s, b"")
+            return
+        raise pyfuse3.FUSEError(errno.ENODATA if not name_s.startswith(XATTR_PREFIX) else errno.EPERM)
+
+    # -- filesystem ------------------------------------------------------------------------------------------------
+
+    @fuse_errors
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = 1 << 38  # object storage: report 1 PiB, as s3fs/rclone do
+        s.f_files = s.f_ffree = s.f_favail = 1 << 32
+        s.f_namemax = 255
+        return s
+
+    @fuse_errors
+    async def forget(self, inode_list):
+        for ino, _nlookup in inode_list:
+            if ino in self.alias and not any(h.ino == ino for h in self.handles.values()):
+                self.alias.pop(ino, None)
+
+
+def _errno(code: int, message: str):
+    return OSError(code, message)

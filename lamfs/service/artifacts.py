@@ -1,0 +1,693 @@
+"""The artifact lifecycle. Thread-safe, synchronous, blocking (storage + catalog I/O): the mount
+calls it from worker threads.
+
+Commit ordering, everywhere: new bytes are stored before the catalog commit that points to them;
+old objects are deleted only after the commit that stops referencing them. When new bytes must
+overwrite the object a committed record points to (same storage key), an intent row is committed
+first so that a crash in between can be recovered (fsck), and the old object stays intact if the
+upload fails (S3 PUT and local temp+rename are atomic).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cache.copies import CopyCache, Identity, copy_into
+from ..catalog import MAIN_BRANCH, TRASH_BRANCH, ArtifactRecord, Catalog
+from ..errors import AlreadyExists, InvalidKey, IsADirectory, NotFound, StorageError
+from ..hashing import ContentHash, hash_path
+from ..keys import AUTO_KEY_PREFIX, extract_suffix, replace_suffix, validate_key
+from ..storage import Storage
+from ..uids import new_uid, next_version_uid
+
+log = logging.getLogger("lamfs")
+
+DATAFRAME_SUFFIXES = {".csv", ".tsv", ".parquet"}
+ANNDATA_SUFFIXES = {".h5ad", ".anndata.zarr"}
+
+
+@dataclass
+class Draft:
+    """A new artifact, hashed and placed, not yet saved."""
+
+    source: Path
+    uid: str
+    key: str | None
+    key_is_virtual: bool
+    storage_key: str
+    suffix: str
+    content: ContentHash
+    in_place: bool
+    description: str | None = None
+    kind: str | None = None
+    otype: str | None = None
+    n_observations: int | None = None
+    revises: ArtifactRecord | None = None
+    cleanup: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class ReplaceDraft:
+    record: ArtifactRecord
+    source: Path
+    content: ContentHash
+    suffix: str
+    key: str | None
+    storage_key: str
+    message: str | None
+    kind: str | None
+    otype: str | None
+    n_observations: int | None
+    cleanup: list[Path] = field(default_factory=list)
+
+    @property
+    def old_storage_key(self) -> str | None:
+        return self.record.storage_key if self.record.storage_key != self.storage_key else None
+
+
+def infer_otype(source: Path, suffix: str) -> str | None:
+    if suffix in DATAFRAME_SUFFIXES:
+        return "DataFrame"
+    if suffix in ANNDATA_SUFFIXES:
+        return "AnnData"
+    if source.is_dir() and suffix.endswith(".zarr"):
+        attrs = [source / "zarr.json", source / ".zattrs"]
+        for attr in attrs:
+            try:
+                if '"anndata"' in attr.read_text():
+                    return "AnnData"
+            except OSError:
+                continue
+    return None
+
+
+class ArtifactService:
+    def __init__(self, catalog: Catalog, storage: Storage, cache_dir: str | Path, *, use_virtual_keys: bool = True):
+        self.catalog = catalog
+        self.storage = storage
+        self.storage_id = catalog.storage_root(storage.root).id
+        self.copies = CopyCache(cache_dir)
+        self.use_virtual_keys = use_virtual_keys
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def get(self, *, uid: str | None = None, key: str | None = None, include_trashed: bool = False) -> ArtifactRecord:
+        if uid is not None:
+            rec = self.catalog.artifact_by_uid(uid) if len(uid) == 20 else self._by_stem(uid)
+            if rec is None or (rec.is_trashed and not include_trashed):
+                raise NotFound(f"no artifact with uid {uid!r}")
+            return rec
+        if key is not None:
+            rec = self.catalog.artifact_by_key(key, include_trashed=include_trashed)
+            if rec is None:
+                raise NotFound(f"no artifact with key {key!r}")
+            return rec
+        raise InvalidKey("pass key= or uid=")
+
+    def _by_stem(self, stem: str) -> ArtifactRecord | None:
+        versions = [v for v in self.catalog.versions(stem[:16]) if v.is_latest]
+        return versions[0] if versions else None
+
+    def url(self, record: ArtifactRecord) -> str:
+        return self.storage.url(record.storage_key)
+
+    def is_auto_managed(self, record: ArtifactRecord) -> bool:
+        return record.storage_key.startswith(AUTO_KEY_PREFIX)
+
+    def refresh(self, record: ArtifactRecord) -> ArtifactRecord:
+        return self.catalog.artifact_by_id(record.id)
+
+    # -- where a source lives ------------------------------------------------------------------
+
+    def storage_key_of(self, source) -> str | None:
+        """The storage key if `source` (a path, URL or StoragePath) lies inside this storage root."""
+        text = str(source)
+        if "://" in text and not text.startswith("file://"):
+            root = self.storage.root.rstrip("/") + "/"
+            return text[len(root):] if text.startswith(root) else None
+        if self.storage.is_local:
+            path = Path(text.removeprefix("file://")).expanduser().resolve()
+            root = Path(self.storage.root).resolve()
+            if path != root and path.is_relative_to(root):
+                return path.relative_to(root).as_posix()
+        return None
+
+    def is_in_any_storage(self, source) -> bool:
+        text = str(source)
+        if "://" in text and not text.startswith("file://"):
+            return True
+        path = Path(text.removeprefix("file://")).expanduser().resolve()
+        for root in self.catalog.storage_roots():
+            if "://" not in root.root and path.is_relative_to(Path(root.root).resolve()):
+                return True
+        return False
+
+    # -- creating ------------------------------------------------------------------------------
+
+    def draft(
+        self, source, *, key: str | None = None, description: str | None = None, revises: ArtifactRecord | None = None,
+        kind: str | None = None, otype: str | None = None, n_observations: int | None = None,
+        virtual: bool | None = None, suffix: str | None = None, cleanup: list[Path] | None = None,
+    ) -> Draft | ArtifactRecord:
+        """Hash and place a new artifact. Returns the existing record instead when the same bytes
+        are already registered with no key or the same key (LaminDB's dedup rule)."""
+        if key is not None:
+            validate_key(key)
+        virtual = self.use_virtual_keys if virtual is None else virtual
+        in_storage = self.storage_key_of(source)
+        if in_storage is not None:
+            existing = self.catalog.artifact_by_storage_key(self.storage_id, in_storage)
+            if existing is not None:
+                return existing
+            local, cleanup_paths = self._fetch_for_hashing(in_storage)
+        else:
+            local = Path(str(source)).expanduser()
+            if not local.exists():
+                raise NotFound(f"path does not exist: {source}")
+            cleanup_paths = []
+        cleanup_paths += list(cleanup or [])
+        content = hash_path(local)
+        for rec in self.catalog.artifacts_by_hash(content.hash):
+            if key is None or rec.key == key:
+                self._cleanup(cleanup_paths)
+                return rec
+        if suffix is None:
+            name = key.rsplit("/", 1)[-1] if key is not None else local.name
+            suffix = extract_suffix(name) if key is not None else extract_suffix(Path(str(source)).name)
+        if revises is None and key is not None:
+            revises = self.catalog.artifact_by_key(key)
+        uid = next_version_uid(self._latest_version(revises).uid) if revises is not None else new_uid()
+        if in_storage is not None:
+            if key is None:
+                key, virtual = in_storage, False
+            storage_key = in_storage
+        elif key is None or virtual:
+            storage_key = f"{AUTO_KEY_PREFIX}{uid}{suffix}"
+        else:
+            storage_key = key
+            if revises is not None:
+                raise AlreadyExists(f"an artifact with real key {key!r} exists: use artifact.replace() to change its bytes")
+        return Draft(
+            source=local, uid=uid, key=key, key_is_virtual=bool(virtual) if key is not None else True,
+            storage_key=storage_key, suffix=suffix, content=content, in_place=in_storage is not None,
+            description=description, kind=kind, otype=otype or infer_otype(local, suffix),
+            n_observations=n_observations, revises=revises, cleanup=cleanup_paths,
+        )
+
+    def _latest_version(self, record: ArtifactRecord) -> ArtifactRecord:
+        return max(self.catalog.versions(record.stem_uid), key=lambda r: r.uid)
+
+    def _fetch_for_hashing(self, storage_key: str) -> tuple[Path, list[Path]]:
+        local = self.storage.local_path(storage_key)
+        if local is not None:
+            if not local.exists():
+                raise NotFound(f"path does not exist: {self.storage.url(storage_key)}")
+            return local, []
+        tmpdir = Path(tempfile.mkdtemp(prefix="lamfs-hash-"))
+        target = tmpdir / Path(storage_key).name
+        self._download(storage_key, target, is_folder=None)
+        return target, [tmpdir]
+
+    def save(self, draft: Draft, *, keep_copy: bool = True) -> ArtifactRecord:
+        try:
+            return self._save(draft, keep_copy)
+        finally:
+            self._cleanup(draft.cleanup)
+
+    def _save(self, draft: Draft, keep_copy: bool) -> ArtifactRecord:
+        is_folder = draft.source.is_dir()
+        if not draft.in_place:
+            if not draft.key_is_virtual and draft.key is not None:
+                self._refuse_unregistered_object(draft.storage_key, is_folder)
+            files = self._upload(draft.source, draft.storage_key)
+        else:
+            files = self._manifest(draft.source) if is_folder else []
+
+        def commit() -> ArtifactRecord:
+            if draft.revises is not None:
+                for version in self.catalog.versions(draft.revises.stem_uid):
+                    if version.is_latest:
+                        self.catalog.update_artifact(version.id, is_latest=False)
+            rec = self.catalog.insert_artifact(
+                uid=draft.uid, key=draft.key, key_is_virtual=draft.key_is_virtual, description=draft.description,
+                suffix=draft.suffix, kind=draft.kind, otype=draft.otype, size=draft.content.size,
+                hash=draft.content.hash, hash_type=draft.content.hash_type, n_files=draft.content.n_files,
+                n_observations=draft.n_observations, storage_id=self.storage_id, storage_key=draft.storage_key,
+                storage_etag=None if is_folder else self._etag(draft.storage_key),
+            )
+            if is_folder:
+                self.catalog.set_folder_files(rec.id, files)
+            return rec
+
+        try:
+            record = self.catalog.retrying(commit)
+        except BaseException:
+            if not draft.in_place:
+                self._delete_object(draft.storage_key, is_folder)  # ours, never referenced
+            raise
+        log.info("saved %s (%s, %d bytes)", record.key or record.uid, record.uid, record.size)
+        if keep_copy:
+            self._cache_after_save(record, draft.source)
+        return record
+
+    def _refuse_unregistered_object(self, storage_key: str, is_folder: bool) -> None:
+        # a real key would overwrite whatever object sits there; never destroy bytes we do not own
+        owner = self.catalog.artifact_by_storage_key(self.storage_id, storage_key)
+        present = self.storage.exists(storage_key) or (is_folder and self._has_prefix(storage_key))
+        if owner is None and present:
+            raise AlreadyExists(
+                f"{self.storage.url(storage_key)} exists in storage but is not registered; register it with "
+                f"Artifact(path_in_storage, key=...) or choose another key"
+            )
+
+    def _has_prefix(self, storage_key: str) -> bool:
+        return next(iter(self.storage.list(storage_key + "/")), None) is not None
+
+    # -- replacing -----------------------------------------------------------------------------
+
+    def draft_replace(
+        self, record: ArtifactRecord, source, *, suffix: str | None = None, kind: str | None = None,
+        otype: str | None = None, n_observations: int | None = None, cleanup: list[Path] | None = None,
+    ) -> ReplaceDraft | None:
+        """Validate and hash a replacement. None when the bytes are the same as now."""
+        cleanup = list(cleanup or [])
+        if self.is_in_any_storage(source):
+            self._cleanup(cleanup)
+            raise ValueError(f"Can only replace with a local path not in any Storage. Got: {source}")
+        local = Path(str(source)).expanduser()
+        if not local.exists():
+            self._cleanup(cleanup)
+            raise NotFound(f"path does not exist: {source}")
+        if record.is_folder and not local.is_dir():
+            self._cleanup(cleanup)
+            raise IsADirectory("It is not allowed to replace a folder with a file.")
+        if not record.is_folder and local.is_dir():
+            self._cleanup(cleanup)
+            raise IsADirectory("It is not allowed to replace a file with a folder.")
+        content = hash_path(local)
+        if content.hash == record.hash and content.size == record.size:
+            self._cleanup(cleanup)
+            return None
+        new_suffix = extract_suffix(local.name) if suffix is None else suffix
+        key, storage_key, message = record.key, record.storage_key, None
+        if new_suffix != record.suffix:
+            if key is not None:
+                key = replace_suffix(key, record.suffix, new_suffix)
+            if self.is_auto_managed(record):
+                storage_key = f"{AUTO_KEY_PREFIX}{record.uid}{new_suffix}"
+            else:
+                storage_key = replace_suffix(record.storage_key, record.suffix, new_suffix)
+                if record.key_is_virtual and record.key is not None:
+                    message = (
+                        f"replacing the file will replace key '{record.key}' with '{key}', _real_key "
+                        f"'{record.storage_key}' with '{storage_key}' and delete '{record.storage_key}' upon `save()`"
+                    )
+                else:
+                    message = (
+                        f"replacing the file will replace key '{record.key}' with '{key}' and delete "
+                        f"'{record.storage_key}' upon `save()`"
+                    )
+        return ReplaceDraft(
+            record=record, source=local, content=content, suffix=new_suffix, key=key, storage_key=storage_key,
+            message=message, kind=kind or record.kind, otype=otype or record.otype,
+            n_observations=n_observations if n_observations is not None else record.n_observations, cleanup=cleanup,
+        )
+
+    def replace(self, draft: ReplaceDraft, *, keep_copy: bool = True) -> ArtifactRecord:
+        try:
+            return self._replace(draft, keep_copy)
+        finally:
+            self._cleanup(draft.cleanup)
+
+    def _replace(self, draft: ReplaceDraft, keep_copy: bool) -> ArtifactRecord:
+        old = self.refresh(draft.record)
+        is_folder = old.is_folder
+        if draft.old_storage_key is not None:
+            owner = self.catalog.artifact_by_storage_key(self.storage_id, draft.storage_key)
+            if owner is not None and owner.id != old.id:
+                raise AlreadyExists(f"storage key {draft.storage_key!r} belongs to artifact {owner.uid}")
+            if not old.key_is_virtual or not self.is_auto_managed(old):
+                self._refuse_unregistered_object(draft.storage_key, is_folder)
+        if draft.key is not None and draft.key != old.key:
+            other = self.catalog.artifact_by_key(draft.key)
+            if other is not None and other.id != old.id:
+                raise AlreadyExists(f"an artifact already exists at {draft.key!r}")
+        intent_id = None
+        if draft.old_storage_key is None:
+            # overwriting the committed object in place: record the intent first (crash recovery)
+            intent_id = self.catalog.retrying(
+                self.catalog.add_intent, artifact_id=old.id, storage_id=self.storage_id,
+                storage_key=draft.storage_key, new_hash=draft.content.hash, new_size=draft.content.size,
+            )
+        try:
+            files = self._upload(draft.source, draft.storage_key)
+        except BaseException:
+            if intent_id is not None:
+                self.catalog.retrying(self.catalog.remove_intent, intent_id)
+            raise
+
+        def commit() -> ArtifactRecord:
+            rec = self.catalog.update_artifact(
+                old.id, key=draft.key, suffix=draft.suffix, size=draft.content.size, hash=draft.content.hash,
+                hash_type=draft.content.hash_type, n_files=draft.content.n_files, storage_key=draft.storage_key,
+                storage_etag=None if is_folder else self._etag(draft.storage_key), kind=draft.kind,
+                otype=draft.otype, n_observations=draft.n_observations,
+                mtime_ns=time.time_ns(),
+            )
+            if is_folder:
+                self.catalog.set_folder_files(rec.id, files)
+            if intent_id is not None:
+                self.catalog.remove_intent(intent_id)
+            return rec
+
+        try:
+            record = self.catalog.retrying(commit)
+        except BaseException:
+            if draft.old_storage_key is not None:
+                self._delete_object(draft.storage_key, is_folder)
+            raise
+        # only now, with the commit done, may the old bytes go
+        if draft.old_storage_key is not None:
+            self._delete_object(draft.old_storage_key, is_folder)
+        elif is_folder:
+            self._delete_stale_folder_files(draft.storage_key, {p for p, _ in files})
+        had_copy = not self.storage.is_local and self.copies.exists(self.cache_rel(record))
+        self._drop_cache(old)
+        if keep_copy:
+            self._cache_after_save(record, draft.source, existed=had_copy)
+        log.info("replaced %s (%s): %d bytes, hash %s", record.key or record.uid, record.uid, record.size, record.hash)
+        return record
+
+    # -- deleting ------------------------------------------------------------------------------
+
+    def trash(self, record: ArtifactRecord) -> ArtifactRecord:
+        return self.catalog.retrying(self.catalog.update_artifact, record.id, branch=TRASH_BRANCH)
+
+    def restore(self, record: ArtifactRecord) -> ArtifactRecord:
+        return self.catalog.retrying(self.catalog.update_artifact, record.id, branch=MAIN_BRANCH)
+
+    def delete(self, record: ArtifactRecord, *, permanent: bool | None = None, storage: bool | None = None) -> str | None:
+        """Trash, or (permanent) remove the record and, for auto-managed keys or storage=True, the
+        object. Returns the URL of an object left in place, if any."""
+        record = self.refresh(record)
+        if not permanent and not record.is_trashed:
+            self.trash(record)
+            log.info("moved %s (%s) to trash", record.key or record.uid, record.uid)
+            return None
+        delete_object = storage if storage is not None else self.is_auto_managed(record)
+
+        def commit() -> None:
+            self.catalog.delete_artifact(record.id)
+            if record.is_latest:
+                rest = [v for v in self.catalog.versions(record.stem_uid) if v.id != record.id]
+                if rest:
+                    self.catalog.update_artifact(max(rest, key=lambda r: r.uid).id, is_latest=True)
+
+        self.catalog.retrying(commit)
+        self._drop_cache(record)
+        if delete_object:
+            self._delete_object(record.storage_key, record.is_folder)
+            return None
+        url = self.storage.url(record.storage_key)
+        log.info("a file/folder remains here: %s", url)
+        return url
+
+    # -- renaming ------------------------------------------------------------------------------
+
+    def rename(self, record: ArtifactRecord, new_key: str) -> ArtifactRecord:
+        """Key change. Virtual keys: catalog only; real keys (or a suffix change): the object moves."""
+        validate_key(new_key)
+        record = self.refresh(record)
+        new_suffix = extract_suffix(new_key.rsplit("/", 1)[-1])
+        real = not record.key_is_virtual and record.key is not None and record.storage_key == record.key
+        if real:
+            new_storage_key = new_key
+        elif new_suffix != record.suffix and self.is_auto_managed(record):
+            new_storage_key = f"{AUTO_KEY_PREFIX}{record.uid}{new_suffix}"
+        else:
+            # registered in place, or same suffix: the bytes stay where they are
+            new_storage_key, new_suffix = record.storage_key, record.suffix
+        moves = new_storage_key != record.storage_key
+        if moves:
+            self._refuse_unregistered_object(new_storage_key, record.is_folder)
+            self._copy_object(record.storage_key, new_storage_key, record.is_folder)
+        fields = {"key": new_key}
+        if moves:
+            fields.update(storage_key=new_storage_key, suffix=new_suffix,
+                          storage_etag=None if record.is_folder else self._etag(new_storage_key))
+        try:
+            updated = self.catalog.retrying(self.catalog.update_artifact, record.id, **fields)
+        except BaseException:
+            if moves:
+                self._delete_object(new_storage_key, record.is_folder)
+            raise
+        if moves:
+            self._delete_object(record.storage_key, record.is_folder)
+        return updated
+
+    def rename_over(self, src: ArtifactRecord, dst: ArtifactRecord) -> ArtifactRecord:
+        """`mv src dst` with dst existing: dst is replaced by src's bytes (uid of dst kept, as editors and
+        rsync expect), src's record goes away. Bytes are copied server-side, never through this host."""
+        src, dst = self.refresh(src), self.refresh(dst)
+        if src.id == dst.id:
+            return dst
+        if src.is_folder != dst.is_folder:
+            raise IsADirectory("It is not allowed to replace a folder with a file." if dst.is_folder
+                               else "It is not allowed to replace a file with a folder.")
+        suffix = dst.suffix
+        if self.is_auto_managed(dst):
+            storage_key = f"{AUTO_KEY_PREFIX}{dst.uid}{suffix}"
+        else:
+            storage_key = dst.storage_key
+        intent_id = self.catalog.retrying(
+            self.catalog.add_intent, artifact_id=dst.id, storage_id=self.storage_id, storage_key=storage_key,
+            new_hash=src.hash, new_size=src.size)
+        try:
+            self._copy_object(src.storage_key, storage_key, src.is_folder)
+        except BaseException:
+            self.catalog.retrying(self.catalog.remove_intent, intent_id)
+            raise
+
+        def commit() -> ArtifactRecord:
+            self.catalog.delete_artifact(src.id)
+            rec = self.catalog.update_artifact(
+                dst.id, size=src.size, hash=src.hash, hash_type=src.hash_type, n_files=src.n_files,
+                storage_key=storage_key, storage_etag=None if src.is_folder else self._etag(storage_key),
+                mtime_ns=src.mtime_ns, mode=src.mode)
+            if src.is_folder:
+                self.catalog.set_folder_files(rec.id, [(f.path, f.size) for f in self.catalog.folder_files(src.id)])
+            self.catalog.remove_intent(intent_id)
+            return rec
+
+        record = self.catalog.retrying(commit)
+        if src.storage_key != storage_key:  # a move: the bytes now live at dst's key
+            self._delete_object(src.storage_key, src.is_folder)
+        self._drop_cache(src)
+        self._drop_cache(dst)
+        return record
+
+    def rename_dir(self, old_path: str, new_path: str) -> int:
+        """Move a directory and every key below it in one catalog transaction. Artifacts stored at
+        real keys have their objects copied first and the old ones deleted after the commit."""
+        validate_key(new_path)
+        if new_path == old_path or new_path.startswith(old_path + "/"):
+            raise InvalidKey(f"cannot move {old_path!r} inside itself")
+        source = self.catalog.dir_by_path(old_path)
+        if source is None:
+            raise NotFound(f"no directory {old_path!r}")
+        below = self.catalog.filter_artifacts(key_prefix=old_path + "/", include_trashed=True, latest_only=False)
+        real = [r for r in below if not r.key_is_virtual and r.storage_key == r.key]
+        moved: list[tuple[ArtifactRecord, str]] = []
+        try:
+            for rec in real:
+                new_key = new_path + rec.key[len(old_path):]
+                self._refuse_unregistered_object(new_key, rec.is_folder)
+                self._copy_object(rec.storage_key, new_key, rec.is_folder)
+                moved.append((rec, new_key))
+        except BaseException:
+            for rec, new_key in moved:
+                self._delete_object(new_key, rec.is_folder)
+            raise
+        parent, name = (new_path.rsplit("/", 1) if "/" in new_path else ("", new_path))
+
+        def commit() -> int:
+            target_parent = self.catalog.ensure_dir(parent) if parent else self.catalog.dir_by_path("")
+            if self.catalog.child_dir(target_parent.id, name) is not None:
+                raise AlreadyExists(f"directory {new_path!r} exists")
+            if self.catalog.live_child_artifact(target_parent.id, name) is not None:
+                raise AlreadyExists(f"an artifact already exists at {new_path!r}")
+            changed = self.catalog.move_dir(source.id, target_parent.id, name)
+            for rec, new_key in moved:
+                self.catalog.update_artifact(rec.id, storage_key=new_key)
+            return changed
+
+        try:
+            changed = self.catalog.retrying(commit)
+        except BaseException:
+            for rec, new_key in moved:
+                self._delete_object(new_key, rec.is_folder)
+            raise
+        for rec, _new_key in moved:
+            self._delete_object(rec.storage_key, rec.is_folder)
+        return changed
+
+    def set_attrs(self, record: ArtifactRecord, **fields) -> ArtifactRecord:
+        """mode / mtime_ns / description: metadata only."""
+        allowed = {k: v for k, v in fields.items() if k in ("mode", "mtime_ns", "description") }
+        return self.catalog.retrying(self.catalog.update_artifact, record.id, **allowed)
+
+    # -- the directory tree (for the mount) ---------------------------------------------------------
+
+    def dir_by_id(self, dir_id: int):
+        return self.catalog.dir_by_id(dir_id)
+
+    def dir_by_path(self, path: str):
+        return self.catalog.dir_by_path(path)
+
+    def lookup_child(self, dir_id: int, name: str):
+        """The directory or live artifact called `name` in directory `dir_id`, or None."""
+        return self.catalog.child_dir(dir_id, name) or self.catalog.live_child_artifact(dir_id, name)
+
+    def list_dir(self, dir_id: int):
+        return self.catalog.list_dir(dir_id)
+
+    def mkdir(self, path: str):
+        validate_key(path)
+
+        def make():
+            parent, _, name = path.rpartition("/")
+            parent_dir = self.catalog.ensure_dir(parent) if parent else self.catalog.dir_by_path("")
+            if self.lookup_child(parent_dir.id, name) is not None:
+                raise AlreadyExists(f"{path!r} exists")
+            return self.catalog.ensure_dir(path, explicit=True)
+
+        return self.catalog.retrying(make)
+
+    def rmdir(self, dir_id: int) -> None:
+        self.catalog.retrying(self.catalog.remove_dir, dir_id)
+
+    def set_dir_attrs(self, dir_id: int, **fields) -> None:
+        self.catalog.retrying(self.catalog.set_dir_attrs, dir_id, **fields)
+
+    def folder_files(self, record: ArtifactRecord):
+        return self.catalog.folder_files(record.id)
+
+    def keyless(self) -> list[ArtifactRecord]:
+        return self.catalog.filter_artifacts(key=None)
+
+    # -- local copies --------------------------------------------------------------------------
+
+    def cache_rel(self, record: ArtifactRecord) -> str:
+        root = self.storage.root.split("://", 1)[-1].strip("/")
+        return f"{root}/{record.key or record.storage_key}"
+
+    def cache_path(self, record: ArtifactRecord) -> Path:
+        local = self.storage.local_path(record.storage_key)
+        return local if local is not None else self.copies.path_for(self.cache_rel(record))
+
+    def identity(self, record: ArtifactRecord) -> Identity:
+        return Identity(record.hash, record.size, record.storage_etag)
+
+    def cache(self, record: ArtifactRecord) -> Path:
+        """A local path with the artifact's bytes, never stale."""
+        record = self.refresh(record)
+        local = self.storage.local_path(record.storage_key)
+        if local is not None:
+            return local
+        return self.copies.get(
+            self.cache_rel(record), self.identity(record),
+            lambda tmp: self._download(record.storage_key, tmp, is_folder=record.is_folder, etag=record.storage_etag),
+        )
+
+    def _cache_after_save(self, record: ArtifactRecord, source: Path, existed: bool | None = None) -> None:
+        """LaminDB keeps a copy of what it uploads in the cache, so a later cache() costs nothing."""
+        if self.storage.is_local:
+            return
+        rel = self.cache_rel(record)
+        existed = self.copies.exists(rel) if existed is None else existed
+        try:
+            path = self.copies.store(rel, self.identity(record), copy_into(source))
+        except OSError as exc:  # a full cache disk must not fail a committed save
+            log.warning("could not keep a cached copy of %s: %s", record.key or record.uid, exc)
+            return
+        if existed:
+            log.info("replacing the existing cache path %s", path)
+
+    def _drop_cache(self, record: ArtifactRecord) -> None:
+        if not self.storage.is_local:
+            self.copies.remove(self.cache_rel(record))
+
+    # -- storage helpers -------------------------------------------------------------------------
+
+    def _manifest(self, folder: Path) -> list[tuple[str, int]]:
+        return [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file()]
+
+    def _upload(self, source: Path, storage_key: str) -> list[tuple[str, int]]:
+        if not source.is_dir():
+            self.storage.put_file(source, storage_key)
+            return []
+        files = self._manifest(source)
+        for rel, _size in files:
+            self.storage.put_file(source / rel, f"{storage_key}/{rel}")
+        return files
+
+    def _etag(self, storage_key: str) -> str | None:
+        try:
+            return self.storage.head(storage_key).etag
+        except NotFound:
+            return None
+
+    def _download(self, storage_key: str, target: Path, *, is_folder: bool | None, etag: str | None = None) -> None:
+        if is_folder is None:
+            is_folder = not self.storage.exists(storage_key) and self._has_prefix(storage_key)
+        if not is_folder:
+            self.storage.download_file(storage_key, target, etag=etag)
+            return
+        prefix = storage_key + "/"
+        found = False
+        for info in self.storage.list(prefix):
+            found = True
+            dest = target / info.key[len(prefix):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.storage.download_file(info.key, dest)
+        if not found:
+            raise NotFound(f"no objects under {self.storage.url(storage_key)}")
+
+    def _copy_object(self, src: str, dst: str, is_folder: bool) -> None:
+        if not is_folder:
+            self.storage.copy(src, dst)
+            return
+        prefix = src + "/"
+        for info in list(self.storage.list(prefix)):
+            self.storage.copy(info.key, dst + "/" + info.key[len(prefix):])
+
+    def _delete_object(self, storage_key: str, is_folder: bool) -> None:
+        try:
+            if is_folder:
+                self.storage.delete_many([i.key for i in self.storage.list(storage_key + "/")])
+            else:
+                self.storage.delete(storage_key)
+        except StorageError as exc:
+            # the catalog no longer references it: an orphan for fsck, not a user-facing failure
+            log.warning("could not delete %s (left as an orphan for fsck): %s", self.storage.url(storage_key), exc)
+
+    def _delete_stale_folder_files(self, storage_key: str, keep: set[str]) -> None:
+        prefix = storage_key + "/"
+        stale = [i.key for i in self.storage.list(prefix) if i.key[len(prefix):] not in keep]
+        if stale:
+            try:
+                self.storage.delete_many(stale)
+            except StorageError as exc:
+                log.warning("could not delete stale files of %s: %s", self.storage.url(storage_key), exc)
+
+    @staticmethod
+    def _cleanup(paths: list[Path]) -> None:
+        for p in paths:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
