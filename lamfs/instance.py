@@ -180,6 +180,23 @@ def delete_config(name: str) -> InstanceConfig:
     return config
 
 
+def storage_options_from_env(storage: str) -> dict:
+    """S3 client tuning from the environment (LAMFS_S3_MAX_ATTEMPTS, LAMFS_S3_CONNECT_TIMEOUT_S,
+    LAMFS_S3_READ_TIMEOUT_S); endpoint and credentials come from the standard AWS chain."""
+    if not storage.startswith("s3://"):
+        return {}
+    options = {}
+    for env, option, cast in (("LAMFS_S3_MAX_ATTEMPTS", "max_attempts", int),
+                              ("LAMFS_S3_CONNECT_TIMEOUT_S", "connect_timeout_s", float),
+                              ("LAMFS_S3_READ_TIMEOUT_S", "read_timeout_s", float)):
+        if os.environ.get(env):
+            try:
+                options[option] = cast(os.environ[env])
+            except ValueError as exc:
+                raise InstanceError(f"{env} must be a number, not {os.environ[env]!r}") from exc
+    return options
+
+
 class Instance:
     """Composition root: builds catalog, storage and service for one config."""
 
@@ -187,7 +204,7 @@ class Instance:
                  use_virtual_keys: bool = True):
         self.config = config
         self.catalog = catalog or open_catalog(config.catalog)
-        self.storage = storage or open_storage(config.storage)
+        self.storage = storage or open_storage(config.storage, **storage_options_from_env(config.storage))
         Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
         self.service = ArtifactService(self.catalog, self.storage, config.cache_dir, use_virtual_keys=use_virtual_keys)
 

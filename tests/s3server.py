@@ -672,7 +672,8 @@ class LamfsS3App:
         if not isinstance(key, FakeKey) or key.disposed or key.storage_class in ARCHIVE_STORAGE_CLASSES:
             return None
 
-        etag = key.etag  # quoted; moto computes and caches it once per object
+        with key.lock:  # moto computes (and caches) the etag by seeking the shared buffer
+            etag = key.etag  # quoted
         if_match = environ.get("HTTP_IF_MATCH")
         if if_match is not None and etag not in (if_match, f'"{if_match}"'):
             body = _xml_error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", path)

@@ -177,11 +177,6 @@ def test_put_file_large_multipart(kind, make_storage, tmp_path: Path, request):
     data = write_random(src, 20 * MiB)
     info = st.put_file(src, "big/one.bin")
     assert info.size == len(data)
-    dest = tmp_path / "out" / "big.bin"
-    got = st.download_file("big/one.bin", dest)
-    assert got.etag == info.etag
-    assert dest.read_bytes() == data
-    assert st.get_range("big/one.bin", 7 * MiB - 3, 10, etag=info.etag) == data[7 * MiB - 3 : 7 * MiB + 7]
     if kind == "s3":
         stats = request.getfixturevalue("s3_server").stats()
         assert stats["by_op"].get("CreateMultipartUpload") == 1
@@ -190,13 +185,28 @@ def test_put_file_large_multipart(kind, make_storage, tmp_path: Path, request):
         assert stats["by_op"].get("CompleteMultipartUpload") == 1
         assert "-4" in info.etag  # multipart etag: md5-of-md5s "-" part count
         assert stats["bytes_in"] >= len(data)
+        request.getfixturevalue("s3_server").reset_stats()
+    dest = tmp_path / "out" / "big.bin"
+    got = st.download_file("big/one.bin", dest)
+    assert got.etag == info.etag
+    assert dest.read_bytes() == data
+    assert st.get_range("big/one.bin", 7 * MiB - 3, 10, etag=info.etag) == data[7 * MiB - 3 : 7 * MiB + 7]
+    if kind == "s3":
+        # One HEAD (ours), then 4 ranged GETs pinned to the etag, served in O(range).
+        stats = request.getfixturevalue("s3_server").stats()
+        assert stats["by_op"] == {"HeadObject": 1, "GetObject": 5}
+        assert stats["ranged_fast_path"] == 5
+        assert len(data) <= stats["bytes_out"] < len(data) + 64 * 1024
     else:
         assert temp_files(Path(st.root)) == []
 
 
-def test_failed_put_leaves_old_object(storage: Storage, tmp_path: Path):
+@pytest.mark.parametrize("kind", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+def test_failed_put_leaves_old_object(kind, make_storage, tmp_path: Path):
     """An exception in the middle of an upload (here: from the progress callback) leaves the old
     object in place, no partial object and no temp file."""
+    # (botocore retries a request whose body reader raised; one attempt keeps this test quick)
+    storage = make_storage(kind, max_attempts=1) if kind == "s3" else make_storage(kind)
     storage.put_bytes(b"old content", "keep/me")
     src = tmp_path / "new.bin"
     write_random(src, 2 * MiB)
@@ -289,7 +299,7 @@ def test_list_prefix_is_literal_and_keys_round_trip(storage: Storage, tmp_path: 
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "/abs/key", "../escape", "a/../../escape", "a/..", "..", ".", "./a", "a//b", "a/", "nul\x00byte"],
+    ["", "/abs/key", "../escape", "a/../../escape", "a/..", "..", ".", "./a", "a//b", "a/", "nul\x00byte", f"d/{TEMP_PREFIX}x"],
 )
 def test_keys_escaping_the_root_are_refused(storage: Storage, tmp_path: Path, bad: str):
     src = tmp_path / "f"
@@ -652,6 +662,19 @@ def test_s3_download_object_vanishes(make_storage, s3_server, tmp_path: Path):
     dest = tmp_path / "cache" / "obj"
     with pytest.raises(NotFound):
         st.download_file("gone/obj", dest)
+    assert not dest.exists()
+    assert temp_files(tmp_path / "cache") == []
+
+
+@pytest.mark.s3
+def test_s3_download_changed_between_head_and_get(make_storage, s3_server, tmp_path: Path):
+    st = make_storage("s3")
+    st.put_bytes(b"v1", "race/obj")
+    # The object is replaced after our HEAD: the GET's If-Match fails.
+    s3_server.fault(method="GET", path_contains="race/obj", status=412, code="PreconditionFailed")
+    dest = tmp_path / "cache" / "obj"
+    with pytest.raises(ContentChanged):
+        st.download_file("race/obj", dest)
     assert not dest.exists()
     assert temp_files(tmp_path / "cache") == []
 

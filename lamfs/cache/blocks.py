@@ -55,7 +55,9 @@ Bound
 fetched, evicting least-recently-used unpinned blocks first, so block files plus temp files never
 exceed `max_bytes` (stricter than the issue's "bound + one block per reader"). If nothing can be
 evicted (everything pinned) or a block is larger than the bound, the read is served from memory
-without being stored ("streamed"), so any object is readable whatever the bound.
+without being stored on disk ("streamed"), so any object is readable whatever the bound. The last
+STREAM_BUFFER_BLOCKS streamed blocks are kept in memory: a reader consuming a streamed block in
+128 KiB FUSE reads would otherwise fetch the whole block again for every read.
 
 Persistence and LRU order
 -------------------------
@@ -119,6 +121,7 @@ CHUNK_BYTES = 64 * 1024
 TOUCH_INTERVAL_NS = 60 * 10**9
 DEFAULT_MAX_BYTES = 10 * 1024**3
 DEFAULT_BLOCK_BYTES = 8 * 1024**2
+STREAM_BUFFER_BLOCKS = 4  # in memory, for blocks that could not be stored (32 MiB at 8 MiB blocks)
 
 _MAGIC = b"LAMFSBLK"
 _FIXED = struct.Struct("<8sIIQQQ32s")
@@ -249,7 +252,10 @@ class BlockCache:
         self._fetch = fetch
         # Read-ahead never plans more than half the cache, or a small cache would evict the
         # blocks being read to make room for blocks not yet needed.
-        self._readahead_window = min(readahead_blocks, max(0, max_bytes // block_bytes // 2 - 1))
+        # For the same reason fetches by the pool may reserve at most half the cache at a time,
+        # so a reader's own block always finds room without streaming.
+        self._prefetch_limit = max_bytes // block_bytes // 2
+        self._readahead_window = min(readahead_blocks, max(0, self._prefetch_limit - 1))
 
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, int], _Block] = {}
@@ -261,7 +267,9 @@ class BlockCache:
         self._doomed: set[str] = set()  # invalidated while pinned: delete at last unpin
         self._flights: dict[tuple[str, int], _Flight] = {}
         self._queued: set[tuple[str, int]] = set()  # handed to the read-ahead pool, not started
+        self._prefetching = 0  # pool fetches in progress
         self._seq: LRUCache = LRUCache(maxsize=4096)  # object digest -> (last start, last end, streak)
+        self._streamed: LRUCache = LRUCache(maxsize=STREAM_BUFFER_BLOCKS)  # block key -> (key digest, bytes)
         self._used = 0  # bytes of block files in the index
         self._reserved = 0  # bytes promised to fetches in progress
         self._hits = self._misses = self._bytes_fetched = self._evictions = self._corrupt = 0
@@ -291,11 +299,12 @@ class BlockCache:
         ident = _Ident(obj)
         bs = self.block_bytes
         first, last = offset // bs, (end - 1) // bs
-        self._plan_readahead(obj, ident, offset, end, first, last)
+        present = self._plan_readahead(obj, ident, offset, end, first, last)
         parts = []
         for idx in range(first, last + 1):
             start = idx * bs
-            parts.append(self._get(obj, ident, idx, max(offset, start) - start, min(end, start + bs) - start))
+            parts.append(self._get(obj, ident, idx, max(offset, start) - start, min(end, start + bs) - start,
+                                   counted_hit=idx in present))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def open(self, obj: ObjectId) -> Pin:
@@ -319,6 +328,8 @@ class BlockCache:
                     self._doomed.add(obj)  # an open handle still reads this exact version
                 else:
                     self._remove_object_locked(obj)
+            for bkey in [b for b, (k, _data) in self._streamed.items() if k == key]:
+                del self._streamed[bkey]
             # Fetches already running would otherwise store blocks of the old version afterwards.
             for flight in self._flights.values():
                 if flight.key == key:
@@ -354,6 +365,7 @@ class BlockCache:
         with self._lock:
             for _bkey, block in list(self._lru.items()):
                 self._remove_locked(block)
+            self._streamed.clear()
             for (obj, _idx), flight in self._flights.items():
                 if obj not in self._pins:
                     flight.discard = True
@@ -381,8 +393,10 @@ class BlockCache:
     def _block_path(self, ident: _Ident, idx: int) -> str:
         return os.path.join(self.root, ident.key[:2], ident.key, ident.obj, f"{idx:09d}")
 
-    def _get(self, obj: ObjectId, ident: _Ident, idx: int, lo: int, hi: int) -> bytes:
-        """Bytes [lo, hi) of block idx, from disk or fetched (once, however many threads ask)."""
+    def _get(self, obj: ObjectId, ident: _Ident, idx: int, lo: int, hi: int, *, counted_hit: bool) -> bytes:
+        """Bytes [lo, hi) of block idx, from disk or fetched (once, however many threads ask).
+        Hits and misses were counted when the read was planned; a block counted as a hit that
+        turns out to need a fetch (evicted meanwhile, corrupt) is recounted as a miss."""
         bkey = (ident.obj, idx)
         length = self._block_len(obj, idx)
         while True:
@@ -393,18 +407,22 @@ class BlockCache:
                         self._lru[bkey]  # touch: most recently used
                     flight, leader = None, False
                 else:
+                    streamed = self._streamed.get(bkey)
+                    if streamed is not None:
+                        return streamed[1][lo:hi]
                     flight = self._flights.get(bkey)
                     leader = flight is None
                     if leader:
                         need = _file_bytes(length)
                         flight = _Flight(ident.key, need if self._reserve_locked(need) else 0, prefetch=False)
                         self._flights[bkey] = flight
-                    self._misses += 1
+                    if counted_hit:
+                        counted_hit = False
+                        self._hits -= 1
+                        self._misses += 1
             if block is not None:
                 data = self._read_block(block, ident, idx, length, lo, hi)
                 if data is not None:
-                    with self._lock:
-                        self._hits += 1
                     return data
                 continue  # gone or corrupt (and now removed): go round as a miss
             if leader:
@@ -512,6 +530,7 @@ class BlockCache:
             # The reservation becomes the stored file (same size) or is released: the sum of
             # used + reserved never grows here, so the bound holds.
             self._reserved -= flight.reserved
+            stored = False
             if tmp is not None:
                 if flight.discard or self._closed:
                     self._unlink(tmp)
@@ -524,6 +543,9 @@ class BlockCache:
                         self._unlink(tmp)
                     else:
                         self._insert_locked(_Block(ident.obj, ident.key, idx, path, flight.reserved, time.time_ns()))
+                        stored = True
+            if not stored and not flight.discard and not flight.prefetch:
+                self._streamed[bkey] = (ident.key, data)
             del self._flights[bkey]
         flight.data = data
         flight.done.set()
@@ -553,11 +575,16 @@ class BlockCache:
             raise
         return tmp
 
-    def _plan_readahead(self, obj: ObjectId, ident: _Ident, offset: int, end: int, first: int, last: int) -> None:
-        """Track sequential access and hand blocks to the pool: the later blocks of a multi-block
-        read, and the next blocks once a streak of sequential reads is established."""
+    def _plan_readahead(self, obj: ObjectId, ident: _Ident, offset: int, end: int, first: int, last: int) -> set[int]:
+        """Count hits and misses of the blocks of this read (returns those present), track
+        sequential access, and hand blocks to the pool: the later blocks of a multi-block read,
+        and the next blocks once a streak of sequential reads is established."""
         wanted = list(range(first + 1, last + 1))
         with self._lock:
+            present = {idx for idx in range(first, last + 1)
+                       if (ident.obj, idx) in self._entries or (ident.obj, idx) in self._streamed}
+            self._hits += len(present)
+            self._misses += last + 1 - first - len(present)
             prev = self._seq.get(ident.obj)
             sequential = prev is not None and prev[0] < offset <= prev[1] + self.block_bytes
             streak = prev[2] + 1 if sequential else 0
@@ -568,7 +595,8 @@ class BlockCache:
             todo = []
             for idx in wanted:
                 bkey = (ident.obj, idx)
-                if bkey not in self._entries and bkey not in self._flights and bkey not in self._queued:
+                if not (bkey in self._entries or bkey in self._flights or bkey in self._queued
+                        or bkey in self._streamed):
                     self._queued.add(bkey)
                     todo.append(idx)
         for idx in todo:
@@ -577,6 +605,7 @@ class BlockCache:
             except RuntimeError:  # pool shut down by close()
                 with self._lock:
                     self._queued.discard((ident.obj, idx))
+        return present
 
     def _prefetch(self, obj: ObjectId, ident: _Ident, idx: int) -> None:
         """Pool task: store block idx if it is missing and there is room (never streams)."""
@@ -584,17 +613,26 @@ class BlockCache:
         length = self._block_len(obj, idx)
         with self._lock:
             self._queued.discard(bkey)
-            if self._closed or bkey in self._entries or bkey in self._flights:
+            if self._closed or bkey in self._entries or bkey in self._flights or bkey in self._streamed:
                 return
+            seq = self._seq.get(ident.obj)
+            if seq is not None and idx < seq[0] // self.block_bytes:
+                return  # stale: the reader has already gone past this block (and fetched it itself)
+            if self._prefetching >= self._prefetch_limit:
+                return  # the reader will fetch it on demand
             need = _file_bytes(length)
             if not self._reserve_locked(need):
                 return  # no room: fetching bytes we cannot keep would be wasted
             flight = _Flight(ident.key, need, prefetch=True)
             self._flights[bkey] = flight
+            self._prefetching += 1
         try:
             self._fill(obj, ident, idx, length, flight)
         except Exception as exc:
             log.debug("read-ahead of block %s of %s failed: %s", idx, obj.storage_key, exc)
+        finally:
+            with self._lock:
+                self._prefetching -= 1
 
     # ---------------------------------------------------------------- index (lock held)
 
@@ -612,6 +650,7 @@ class BlockCache:
 
     def _insert_locked(self, block: _Block) -> None:
         bkey = (block.obj, block.index)
+        self._streamed.pop(bkey, None)
         self._entries[bkey] = block
         self._used += block.file_bytes
         self._objects.setdefault(block.obj, set()).add(block.index)

@@ -450,24 +450,25 @@ class LamfsOperations(pyfuse3.Operations):
 
     # -- files: create / open / read / write / flush -----------------------------------------------------
 
-    def _new_staging(self) -> tuple[Path, int]:
+    def _new_staging(self, fill_from: ArtifactRecord | None = None) -> tuple[Path, int]:
+        """A private staging file, filled with an artifact's current bytes first if asked (the fill
+        renames a temp file into place, so the fd is opened only afterwards)."""
         path = self.staging_dir / f"w-{os.getpid()}-{time.time_ns()}-{next(self._fh)}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        return path, fd
+        if fill_from is not None and fill_from.size:
+            try:
+                self._fill_staging(fill_from, path)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            return path, os.open(path, os.O_RDWR)
+        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
     def _open_writer(self, rec: ArtifactRecord, *, truncate: bool) -> WriteState:
         ino = art_ino(rec.id)
         state = self.writers.get(ino)
         if state is None:
-            path, fd = self._new_staging()
+            path, fd = self._new_staging(fill_from=None if truncate else rec)
             state = WriteState(path=path, fd=fd, record=rec, key=rec.key)
-            try:
-                if not truncate and rec.size:
-                    self._fill_staging(rec, path)
-            except BaseException:
-                os.close(fd)
-                path.unlink(missing_ok=True)
-                raise
             self.writers[ino] = state
         elif truncate:
             os.ftruncate(state.fd, 0)

@@ -47,7 +47,8 @@ def validate_key(key: str) -> str:
     """Refuse keys that could escape the root or alias another key; return the key unchanged.
 
     Refused: non-str, empty, NUL, a leading '/', empty segments ('a//b', trailing '/'), '.' and
-    '..' segments. Everything else ('%', '_', '\\', spaces, unicode, mixed case) is a plain byte
+    '..' segments, and segments starting with TEMP_PREFIX (reserved for our temp files, which
+    listings hide). Everything else ('%', '_', '\\', spaces, unicode, mixed case) is a plain
     string to storage and must round-trip exactly.
     """
     if not isinstance(key, str):
@@ -61,6 +62,8 @@ def validate_key(key: str) -> str:
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidKey(f"storage key has an empty, '.' or '..' segment: {key!r}")
+        if segment.startswith(TEMP_PREFIX):
+            raise InvalidKey(f"storage key segments starting with {TEMP_PREFIX!r} are reserved: {key!r}")
     try:
         key.encode("utf-8")
     except UnicodeEncodeError as exc:  # lone surrogates: not representable on S3 nor in the catalog
