@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -559,11 +559,11 @@ class BlockCache:
         header += _U32.pack(zlib.crc32(header))
         directory = os.path.dirname(self._block_path(ident, idx))
         for attempt in range(3):
-            os.makedirs(directory, exist_ok=True)
             try:
+                os.makedirs(directory, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
                 break
-            except FileNotFoundError:  # the directory was just removed as empty: make it again
+            except FileNotFoundError:  # a parent was just removed as empty (lock held): retry
                 if attempt == 2:
                     raise
         try:
