@@ -202,8 +202,12 @@ class S3ServerProcess:
         req = urllib.request.Request(self.endpoint_url + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        with self._opener.open(req, timeout=timeout_s) as resp:
-            raw = resp.read()
+        try:
+            with self._opener.open(req, timeout=timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:  # our 400s carry the reason in a JSON body
+            detail = exc.read().decode(errors="replace")
+            raise ValueError(f"s3server {method} {path}: HTTP {exc.code}: {detail}") from None
         return json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw
 
     def stats(self) -> dict[str, Any]:

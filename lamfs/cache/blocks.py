@@ -75,7 +75,17 @@ extends a sequential streak. From the third read of a streak (two consecutive se
 after the first) the next `readahead_blocks` blocks (capped at half the cache) are fetched by a
 small internal thread pool; a reader never waits for read-ahead, only for its own blocks. A
 single read spanning several blocks also hands its later blocks to the pool so they download in
-parallel. `head -c 4096` therefore fetches one block.
+parallel. `head -c 4096` therefore fetches one block. Pool fetches hold at most half the cache
+in reservations and skip blocks the reader has already passed, so read-ahead never forces a
+reader to stream or makes a small cache thrash.
+
+Counters
+--------
+`hits`/`misses` count blocks per read() call (a block read from disk or the stream buffer is a
+hit; one that had to be fetched or waited for is a miss); `bytes_fetched` counts bytes returned by
+`fetch`, read-ahead included; `evictions` counts blocks dropped for space (not invalidate/clear);
+`corrupt_blocks` counts block files found unusable on read. Extra keys beyond the documented set:
+`reserved_bytes`, `corrupt_blocks`.
 
 Locking
 -------
@@ -266,7 +276,8 @@ class BlockCache:
         self._pins: dict[str, int] = {}  # object digest -> open pins
         self._doomed: set[str] = set()  # invalidated while pinned: delete at last unpin
         self._flights: dict[tuple[str, int], _Flight] = {}
-        self._queued: set[tuple[str, int]] = set()  # handed to the read-ahead pool, not started
+        # handed to the read-ahead pool, not started: block key -> storage-key digest (for invalidate)
+        self._queued: dict[tuple[str, int], str] = {}
         self._prefetching = 0  # pool fetches in progress
         self._seq: LRUCache = LRUCache(maxsize=4096)  # object digest -> (last start, last end, streak)
         self._streamed: LRUCache = LRUCache(maxsize=STREAM_BUFFER_BLOCKS)  # block key -> (key digest, bytes)
@@ -330,7 +341,10 @@ class BlockCache:
                     self._remove_object_locked(obj)
             for bkey in [b for b, (k, _data) in self._streamed.items() if k == key]:
                 del self._streamed[bkey]
-            # Fetches already running would otherwise store blocks of the old version afterwards.
+            # Queued read-ahead and fetches already running would otherwise store blocks of the
+            # old version afterwards.
+            for bkey in [b for b, k in self._queued.items() if k == key]:
+                del self._queued[bkey]
             for flight in self._flights.values():
                 if flight.key == key:
                     flight.discard = True
@@ -366,6 +380,7 @@ class BlockCache:
             for _bkey, block in list(self._lru.items()):
                 self._remove_locked(block)
             self._streamed.clear()
+            self._queued = {b: k for b, k in self._queued.items() if b[0] in self._pins}
             for (obj, _idx), flight in self._flights.items():
                 if obj not in self._pins:
                     flight.discard = True
@@ -597,14 +612,14 @@ class BlockCache:
                 bkey = (ident.obj, idx)
                 if not (bkey in self._entries or bkey in self._flights or bkey in self._queued
                         or bkey in self._streamed):
-                    self._queued.add(bkey)
+                    self._queued[bkey] = ident.key
                     todo.append(idx)
         for idx in todo:
             try:
                 self._pool.submit(self._prefetch, obj, ident, idx)
             except RuntimeError:  # pool shut down by close()
                 with self._lock:
-                    self._queued.discard((ident.obj, idx))
+                    self._queued.pop((ident.obj, idx), None)
         return present
 
     def _prefetch(self, obj: ObjectId, ident: _Ident, idx: int) -> None:
@@ -612,7 +627,8 @@ class BlockCache:
         bkey = (ident.obj, idx)
         length = self._block_len(obj, idx)
         with self._lock:
-            self._queued.discard(bkey)
+            if self._queued.pop(bkey, None) is None:
+                return  # invalidated (or cleared) while queued: it may be an old version's block
             if self._closed or bkey in self._entries or bkey in self._flights or bkey in self._streamed:
                 return
             seq = self._seq.get(ident.obj)

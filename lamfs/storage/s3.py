@@ -22,6 +22,7 @@ import os
 import pathlib
 import random
 import stat
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from os import PathLike
@@ -30,6 +31,8 @@ from urllib.parse import urlparse
 
 import boto3
 import botocore.exceptions as bce
+import botocore.loaders
+import botocore.session
 import urllib3.exceptions
 from boto3.s3.transfer import ProgressCallbackInvoker, TransferConfig, create_transfer_manager
 from botocore.config import Config
@@ -109,6 +112,20 @@ _CREDENTIAL_ERRORS: tuple[type[BaseException], ...] = (
     bce.CredentialRetrievalError,
     bce.ProfileNotFound,
 )
+
+
+_loader_lock = threading.Lock()
+_loader: Any = None
+
+
+def _shared_loader() -> Any:
+    """botocore's loader of its bundled JSON service models. Each new session would parse the S3
+    model again (~0.1 s per S3Storage); the data is static, so one loader serves every session."""
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            _loader = botocore.loaders.create_loader()
+        return _loader
 
 
 def _strip_etag(etag: str | None) -> str:
@@ -206,9 +223,13 @@ class S3Storage(Storage):
             user_agent_extra="lamfs",
         )
         config_kwargs.update(botocore_config or {})
-        # A private session: no boto3 module-level default session shared with other code.
-        session = boto3.session.Session(profile_name=profile_name, region_name=region_name)
         try:
+            # A private session (not boto3's module-level default one), sharing only static data.
+            core_session = botocore.session.get_session()
+            core_session.register_component("data_loader", _shared_loader())
+            session = boto3.session.Session(
+                botocore_session=core_session, profile_name=profile_name, region_name=region_name
+            )
             self._client = session.client("s3", endpoint_url=endpoint_url, config=Config(**config_kwargs))
         except bce.BotoCoreError as exc:
             raise StorageError(f"cannot configure S3 client for {self.root}: {exc}") from exc
@@ -448,7 +469,7 @@ class S3Storage(Storage):
                 future.result()
         except Exception as exc:
             if isinstance(exc, (bce.ClientError, bce.BotoCoreError, OSError)) or _is_transfer_error(exc):
-                raise self._translate(exc, "copy", src_key) from exc
+                raise self._translate(exc, "copy", f"{src_key} -> {dst_key}") from exc
             raise
         return self._head(dst_key)
 
