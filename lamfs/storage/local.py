@@ -299,6 +299,7 @@ class LocalStorage(Storage):
         path = self._path(key)
         try:
             os.unlink(path)
+            self._prune_empty_parents(path)
         except FileNotFoundError:
             return
         except NotADirectoryError:
@@ -309,6 +310,17 @@ class LocalStorage(Storage):
             if exc.errno == errno.EISDIR or (exc.errno == errno.EPERM and path.is_dir()):
                 raise StorageError(f"{self._what('delete', key)}: is a directory") from exc
             raise _map_os_error(exc, self._what("delete", key)) from exc
+
+    def _prune_empty_parents(self, path: pathlib.Path) -> None:
+        # S3 has no directories: once a folder artifact's last file is gone, so is its folder here
+        root = pathlib.Path(self.root)
+        parent = path.parent
+        while parent != root and root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                return
+            parent = parent.parent
 
     def delete_many(self, keys: Iterable[str]) -> None:
         keys = [validate_key(k) for k in keys]  # refuse the whole batch before deleting anything
