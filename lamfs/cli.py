@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ log = logging.getLogger("lamfs")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_CACHE_SIZE = "10G"
+STATS_FILE = "block-stats.json"  # written by a running mount, read by `lamfs cache stats`
 
 
 class CliError(Exception):
@@ -154,7 +157,8 @@ def _mount_foreground(args, config, mountpoint: Path, cache_size: int) -> int:
     try:
         run_mount(instance.service, mountpoint, block_cache=blocks, staging_dir=cache_dir / "staging",
                   read_only=args.read_only, allow_other=args.allow_other, debug=args.debug,
-                  entry_ttl_s=args.entry_ttl, attr_ttl_s=args.attr_ttl, fsname=f"lamfs:{config.name}")
+                  entry_ttl_s=args.entry_ttl, attr_ttl_s=args.attr_ttl, fsname=f"lamfs:{config.name}",
+                  stats_path=cache_dir / STATS_FILE)
     finally:
         if blocks is not None:
             blocks.close()
@@ -172,6 +176,66 @@ def cmd_umount(args) -> int:
         raise CliError(f"unmount failed: {result.stderr.strip() or result.stdout.strip()}"
                        + (" (files still open? close them or use --lazy)" if "busy" in result.stderr else ""))
     print(f"unmounted {mountpoint}")
+    return EXIT_OK
+
+
+# -- cache ----------------------------------------------------------------------------------------------------
+
+def _live_stats(cache_dir: Path) -> dict | None:
+    path = cache_dir / STATS_FILE
+    try:
+        stats = json.loads(path.read_text())
+        os.kill(stats["pid"], 0)  # the mount that wrote it is alive
+        return stats
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def cmd_cache(args) -> int:
+    from .cache.blocks import BlockCache, CacheRootError
+
+    config = inst.resolve_config(args.instance)
+    cache_dir = Path(args.cache_dir or config.cache_dir)
+    live = _live_stats(cache_dir)
+    if args.action == "clear":
+        if live is not None:
+            os.kill(live["pid"], signal.SIGUSR1)  # the mount clears its own cache (pinned blocks stay)
+            time.sleep(0.5)
+            print(f"asked the running mount (pid {live['pid']}) to clear the block cache of {config.name!r}")
+        else:
+            try:
+                with BlockCache(cache_dir / "blocks", max_bytes=parse_size(args.cache_size),
+                                fetch=lambda *a: b"") as blocks:
+                    blocks.clear()
+            except CacheRootError as exc:
+                raise CliError(str(exc)) from exc
+            print(f"cleared the block cache of {config.name!r}")
+        removed = 0
+        for child in cache_dir.iterdir() if cache_dir.exists() else []:
+            if child.name not in ("blocks", "staging", STATS_FILE):  # copies made by artifact.cache()
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            print(f"removed {removed} cached-copy folder(s) of artifact.cache()")
+        return EXIT_OK
+    if live is not None:
+        stats, source = live, f"live, mount pid {live['pid']}"
+    else:
+        try:
+            with BlockCache(cache_dir / "blocks", max_bytes=parse_size(args.cache_size),
+                            fetch=lambda *a: b"") as blocks:
+                stats, source = blocks.stats(), "on disk, no mount running"
+        except CacheRootError as exc:
+            raise CliError(str(exc)) from exc
+    stats = {k: v for k, v in stats.items() if k not in ("pid", "updated_ns")}
+    if args.json:
+        print(json.dumps(dict(stats, instance=config.name, cache_dir=str(cache_dir)), indent=2))
+    else:
+        print(f"block cache of {config.name!r} at {cache_dir / 'blocks'} ({source})")
+        for key in ("max_bytes", "used_bytes", "entries", "objects", "hits", "misses", "bytes_fetched", "evictions"):
+            value = stats.get(key, 0)
+            human = f" ({value / (1 << 20):.1f} MiB)" if key.endswith("bytes") or key == "bytes_fetched" else ""
+            print(f"  {key:<14} {value}{human}")
     return EXIT_OK
 
 
@@ -209,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-file", help="daemon log file (background mode default: LAMFS_HOME/logs/)")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the mount to be ready")
     s.set_defaults(func=cmd_mount)
+
+    s = sub.add_parser("cache", help="block cache statistics, or clear it")
+    s.add_argument("action", choices=["stats", "clear"])
+    s.add_argument("--instance", help="instance name (default: current, else the embedded default)")
+    s.add_argument("--cache-dir", help="cache directory (default: the instance's)")
+    s.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, help="bound to report when no mount runs")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_cache)
 
     s = sub.add_parser("umount", help="unmount (finishes in-flight commits first)")
     s.add_argument("mountpoint")

@@ -51,3 +51,26 @@ def test_restart_reuses_cache_and_replace_is_never_stale(s3_mount, s3_server, tm
     a.save()
     s3_mount.run("sleep 1.2")
     assert (s3_mount.path / "f.bin").read_bytes() == new
+
+
+def test_cache_stats_and_clear_cli(s3_mount, tmp_path):
+    import json
+
+    from .conftest_mount import lamfs_cli
+
+    data = os.urandom(3 * MiB)
+    (tmp_path / "s.bin").write_bytes(data)
+    lamfs.Artifact(tmp_path / "s.bin", key="s.bin").save()
+    s3_mount.run("sleep 1.2")
+    assert (s3_mount.path / "s.bin").read_bytes() == data
+    s3_mount.run("sleep 2.5")  # the mount publishes its counters every 2 s
+    stats = json.loads(lamfs_cli("cache", "stats", "--json", "--instance", s3_mount.instance, env=s3_mount.env).stdout)
+    assert stats["used_bytes"] >= len(data) and stats["bytes_fetched"] >= len(data) and stats["misses"] >= 1
+    assert stats["max_bytes"] == 10 << 30
+    text = lamfs_cli("cache", "stats", "--instance", s3_mount.instance, env=s3_mount.env).stdout
+    assert "used_bytes" in text and "live, mount pid" in text
+    lamfs_cli("cache", "clear", "--instance", s3_mount.instance, env=s3_mount.env)
+    s3_mount.run("sleep 2.5")
+    after = json.loads(lamfs_cli("cache", "stats", "--json", "--instance", s3_mount.instance, env=s3_mount.env).stdout)
+    assert after["used_bytes"] == 0
+    assert (s3_mount.path / "s.bin").read_bytes() == data  # refetched

@@ -3,10 +3,12 @@ NOTIFY_SOCKET), and a clean shutdown on SIGTERM/SIGINT or `fusermount3 -u` that 
 commits finish first."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pyfuse3
@@ -31,8 +33,35 @@ def sd_notify(message: str) -> None:
         log.warning("sd_notify failed: %s", exc)
 
 
-async def _serve(ops: LamfsOperations) -> None:
+STATS_INTERVAL_S = 2.0
+
+
+def write_stats(ops: LamfsOperations, path: Path) -> None:
+    """Blocking: publish the block cache's counters for `lamfs cache stats` (temp file + rename)."""
+    stats = dict(ops.blocks.stats(), pid=os.getpid(), updated_ns=time.time_ns())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(stats))
+    os.replace(tmp, path)
+
+
+async def _serve(ops: LamfsOperations, stats_path: Path | None) -> None:
     async with trio.open_nursery() as nursery:
+        if ops.blocks is not None and stats_path is not None:
+            async def publish_stats():
+                while True:
+                    await trio.to_thread.run_sync(write_stats, ops, stats_path)
+                    await trio.sleep(STATS_INTERVAL_S)
+
+            async def clear_on_usr1():
+                with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+                    async for _ in signals:
+                        log.info("SIGUSR1: clearing the block cache (pinned blocks stay)")
+                        await trio.to_thread.run_sync(ops.blocks.clear)
+                        await trio.to_thread.run_sync(write_stats, ops, stats_path)
+
+            nursery.start_soon(publish_stats)
+            nursery.start_soon(clear_on_usr1)
+
         async def watch_signals():
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async for signum in signals:
@@ -51,7 +80,7 @@ async def _serve(ops: LamfsOperations) -> None:
 
 def run_mount(service, mountpoint: str | Path, *, block_cache, staging_dir: Path, read_only: bool = False,
               allow_other: bool = False, debug: bool = False, entry_ttl_s: float = 1.0, attr_ttl_s: float = 1.0,
-              fsname: str = "lamfs") -> None:
+              fsname: str = "lamfs", stats_path: Path | None = None) -> None:
     ops = LamfsOperations(service, block_cache=block_cache, staging_dir=staging_dir, read_only=read_only,
                           entry_ttl_s=entry_ttl_s, attr_ttl_s=attr_ttl_s)
     options = set(pyfuse3.default_options)
@@ -68,9 +97,11 @@ def run_mount(service, mountpoint: str | Path, *, block_cache, staging_dir: Path
     log.info("mounted %s at %s%s", fsname, mountpoint, " (read-only)" if read_only else "")
     sd_notify("READY=1")
     try:
-        trio.run(_serve, ops)
+        trio.run(_serve, ops, stats_path)
     finally:
         # unmount even after a crash of the loop: a dead mount ("transport endpoint is not connected")
         # helps nobody
         pyfuse3.close(unmount=True)
+        if stats_path is not None:
+            stats_path.unlink(missing_ok=True)
         log.info("unmounted %s", mountpoint)
