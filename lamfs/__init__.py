@@ -15,10 +15,18 @@ configure_api_logging()
 
 
 def open(target, **kwargs):  # noqa: A001 - mirrors artifact.open()
-    """Open an Artifact, a key or a uid straight from storage (see api/open.py)."""
+    """Open an Artifact, a key, a uid, or a path inside a running lamfs mount straight from storage
+    (ranged reads for S3, in place for local roots; never through the cache). See api/open.py."""
     if isinstance(target, Artifact):
         return target.open(**kwargs)
-    return Artifact.get(str(target)).open(**kwargs)
+    text = str(target)
+    if text.startswith("/"):
+        from .api.open import open_mount_path
+
+        opened = open_mount_path(text, **kwargs)
+        if opened is not None:
+            return opened
+    return Artifact.get(text).open(**kwargs)
 
 
 __all__ = ["Artifact", "setup", "settings", "AUTO_KEY_PREFIX", "open", "__version__"]

@@ -148,7 +148,8 @@ def open_storage_path(root: str, storage_key: str, suffix: str, *, is_folder: bo
     if suffix in (".h5ad", ".h5", ".hdf5"):
         import h5py
 
-        handle = fs.open(path, "rb", block_size=1 << 20, cache_type="readahead") if root.startswith("s3://") \
+        # HDF5 jumps between metadata and data: small cached blocks, not one long read-ahead
+        handle = fs.open(path, "rb", block_size=256 << 10, cache_type="blockcache") if root.startswith("s3://") \
             else open(path, "rb")
         h5 = h5py.File(handle, "r")
 
@@ -160,14 +161,16 @@ def open_storage_path(root: str, storage_key: str, suffix: str, *, is_folder: bo
             return AnnDataAccessor(h5, closer)
         return _H5File(h5, closer)
     if suffix in (".parquet", ".csv", ".tsv", ".arrow", ".feather", ".ipc"):
+        import pyarrow.csv as pacsv
         import pyarrow.dataset as ds
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-        fmt = {".parquet": "parquet", ".csv": "csv", ".tsv": ds.CsvFileFormat(
-            parse_options=__import__("pyarrow.csv", fromlist=["ParseOptions"]).ParseOptions(delimiter="\t")),
-            ".arrow": "ipc", ".feather": "ipc", ".ipc": "ipc"}[suffix]
-        filesystem = PyFileSystem(FSSpecHandler(fs))
-        return DatasetHandle(ds.dataset(path, format=fmt, filesystem=filesystem))
+        from ..storage.fsspec_fs import arrow_filesystem_for
+
+        fmt = {".parquet": "parquet", ".csv": "csv",
+               ".tsv": ds.CsvFileFormat(parse_options=pacsv.ParseOptions(delimiter="\t")),
+               ".arrow": "ipc", ".feather": "ipc", ".ipc": "ipc"}[suffix]
+        filesystem, arrow_base = arrow_filesystem_for(root)
+        return DatasetHandle(ds.dataset(f"{arrow_base.rstrip('/')}/{storage_key}", format=fmt, filesystem=filesystem))
     if is_folder:
         raise ValueError(f"cannot open a folder artifact with suffix {suffix!r}; use cache()")
     handle = fs.open(path, "rb", block_size=1 << 20, cache_type="readahead") if root.startswith("s3://") \
@@ -237,3 +240,49 @@ def load(artifact):
     if path.is_dir():
         return path
     return path.read_bytes()
+
+
+def _lamfs_mount_of(path: str) -> tuple[str, str] | None:
+    """(mountpoint, instance name) of the lamfs mount holding `path`, from /proc/self/mounts."""
+    best = None
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                source, mountpoint, fstype = line.split()[:3]
+                mountpoint = mountpoint.replace("\\040", " ")
+                if fstype != "fuse.lamfs" or not source.startswith("lamfs:"):
+                    continue
+                if path == mountpoint or path.startswith(mountpoint.rstrip("/") + "/"):
+                    if best is None or len(mountpoint) > len(best[0]):
+                        best = (mountpoint, source[len("lamfs:"):])
+    except OSError:
+        return None
+    return best
+
+
+def open_mount_path(path: str, **_kwargs):
+    """Open a path inside a running lamfs mount straight from storage: the uid comes from the
+    `user.lamfs.uid` xattr (a metadata call, no data read through FUSE), the storage location
+    from the mount's instance."""
+    import os
+
+    from .. import instance as inst
+
+    found = _lamfs_mount_of(os.path.abspath(path))
+    if found is None:
+        return None
+    _mountpoint, name = found
+    uid = os.getxattr(path, "user.lamfs.uid").decode()
+    from .settings import settings
+
+    if settings._instance is not None and settings._instance.name == name:
+        instance, owned = settings._instance, False
+    else:
+        instance, owned = inst.Instance(inst.load_config(name)), True
+    try:
+        record = instance.service.get(uid=uid)
+        return open_storage_path(instance.storage.root, record.storage_key, record.suffix,
+                                 is_folder=record.is_folder)
+    finally:
+        if owned:
+            instance.catalog.close()
