@@ -74,3 +74,67 @@ def test_cache_stats_and_clear_cli(s3_mount, tmp_path):
     after = json.loads(lamfs_cli("cache", "stats", "--json", "--instance", s3_mount.instance, env=s3_mount.env).stdout)
     assert after["used_bytes"] == 0
     assert (s3_mount.path / "s.bin").read_bytes() == data  # refetched
+
+
+def _dir_bytes(path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def test_bound_holds_under_concurrent_readers_of_more_than_the_bound(s3_bucket, mount_factory, tmp_path):
+    """8 readers of objects that together exceed a 32 MiB cache: every byte read is right and the
+    block files on disk never exceed the bound plus one 8 MiB block per reader; an object larger
+    than the whole bound is still readable."""
+    import threading
+
+    m = mount_factory(f"{s3_bucket}/bound")
+    m.restart("--cache-size", "32M")
+    lamfs.setup.connect(m.instance)
+    payloads = {}
+    for i in range(8):
+        data = os.urandom(MiB) * (6 + i)  # 6..13 MiB each, 76 MiB in all
+        (tmp_path / f"o{i}.bin").write_bytes(data)
+        lamfs.Artifact(tmp_path / f"o{i}.bin", key=f"o{i}.bin").save()
+        payloads[f"o{i}.bin"] = data
+    big = os.urandom(MiB) * 40  # larger than the whole bound
+    (tmp_path / "big.bin").write_bytes(big)
+    lamfs.Artifact(tmp_path / "big.bin", key="big.bin").save()
+    m.run("sleep 1.2")
+    blocks_dir = lamfs.settings.cache_dir / "blocks"
+    peak, stop = [0], threading.Event()
+
+    def monitor():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _dir_bytes(blocks_dir))
+            time.sleep(0.01)
+
+    errors = []
+
+    def reader(name):
+        try:
+            for _ in range(2):
+                if (m.path / name).read_bytes() != payloads[name]:
+                    errors.append(name)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    import time
+
+    mon = threading.Thread(target=monitor)
+    mon.start()
+    threads = [threading.Thread(target=reader, args=(n,)) for n in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert (m.path / "big.bin").read_bytes() == big
+    stop.set()
+    mon.join()
+    assert errors == []
+    assert 0 < peak[0] <= 32 * MiB + 8 * 8 * MiB + 64 * 1024, peak[0]
