@@ -171,7 +171,7 @@ def delete_config(name: str) -> InstanceConfig:
     if config.catalog.startswith("sqlite:///"):
         db = Path(config.catalog[len("sqlite:///"):])
         if db.is_relative_to(home()):
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", "-wal", "-shm", ".locks"):
                 Path(str(db) + suffix).unlink(missing_ok=True)
     shutil.rmtree(config.cache_dir, ignore_errors=True)
     _config_path(name).unlink(missing_ok=True)

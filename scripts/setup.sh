@@ -7,14 +7,16 @@ venv="${VENV:-$here/.venv}"
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 # fuse3 (not Debian's v2 `fuse`, which conflicts), headers + pkg-config so pyfuse3 builds from source,
-# attr for getfattr/setfattr, rsync for tests, postgresql for the shared-catalog tests.
-pkgs=(fuse3 libfuse3-dev pkg-config attr rsync postgresql)
+# attr for getfattr/setfattr, rsync for tests, postgresql for the shared-catalog tests, systemd for
+# `systemd-analyze verify` of the unit files in systemd/.
+pkgs=(fuse3 libfuse3-dev pkg-config attr rsync postgresql systemd)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "lamfs setup: installing system packages: ${missing[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # env after sudo: sudo resets the environment, and a debconf prompt would hang CI
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -1,5 +1,6 @@
 """Shared fixtures. The S3 server fixtures live in conftest_s3.py (a real moto server subprocess on
-127.0.0.1); everything lamfs writes goes under a per-test LAMFS_HOME."""
+127.0.0.1), the PostgreSQL ones in conftest_pg.py (a real server on 127.0.0.1), the mount ones in
+conftest_mount.py; everything lamfs writes goes under a per-test LAMFS_HOME."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.conftest_s3", "tests.conftest_mount"]
+pytest_plugins = ["tests.conftest_s3", "tests.conftest_mount", "tests.conftest_pg"]
 
 DATA = Path(__file__).parent / "data"
 

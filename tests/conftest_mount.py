@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +74,17 @@ class Mount:
 def mount_factory(request, lamfs_home, tmp_path, monkeypatch):
     mounts: list[Mount] = []
 
-    def make(storage: str, name: str = "mnt-test", mountpoint: Path | None = None) -> Mount:
+    def make(storage: str, name: str = "mnt-test", mountpoint: Path | None = None, extra: tuple = (),
+             catalog: str | None = None) -> Mount:
+        """`extra`: more `lamfs mount` options, e.g. ("--entry-ttl", "0", "--attr-ttl", "0");
+        `catalog`: a catalog URL (e.g. a shared PostgreSQL one) instead of the instance's own SQLite."""
         env = os.environ.copy()
         env["LAMFS_HOME"] = str(lamfs_home)
-        lamfs_cli("init", "--storage", storage, "--name", name, env=env)
+        lamfs_cli("init", "--storage", storage, "--name", name, *(("--catalog", catalog) if catalog else ()), env=env)
         m = Mount(path=mountpoint or tmp_path / f"mnt-{len(mounts)}", instance=name, env=env,
                   log_file=tmp_path / f"mount-{len(mounts)}.log", storage=storage)
         mounts.append(m)
-        return m.start()
+        return m.start(*extra)
 
     yield make
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
@@ -88,6 +92,31 @@ def mount_factory(request, lamfs_home, tmp_path, monkeypatch):
         m.stop()
         if failed:
             print(f"\n--- daemon log {m.log_file} ---\n{m.log()[-20000:]}")
+
+
+@contextmanager
+def module_mount(base: Path, storage: str, name: str, *extra: str):
+    """A mount shared by a whole test module (for module-scoped fixtures: mounting costs ~1.5 s): its own
+    LAMFS_HOME under `base`, `lamfs` in this process connected to it. Unmounts and restores the
+    environment at the end, and prints the daemon's log tail if the mount had unexpected errors."""
+    import lamfs
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LAMFS_HOME", str(base / "lamfs-home"))
+    lamfs.settings._disconnect()
+    env = os.environ.copy()
+    m = Mount(path=base / "mnt", instance=name, env=env, log_file=base / "mount.log", storage=storage)
+    try:
+        lamfs_cli("init", "--storage", storage, "--name", name, env=env)
+        m.start(*extra)
+        lamfs.setup.connect(name)
+        yield m
+    finally:
+        m.stop()
+        if "unexpected error" in m.log() or "Traceback" in m.log():
+            print(f"\n--- daemon log {m.log_file} ---\n{m.log()[-20000:]}")
+        lamfs.settings._disconnect()
+        patch.undo()
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
 """Numbered, transactional, recorded schema migrations. Tests and production build the schema the
 same way: `apply_migrations(db)`. Each migration is a list of portable SQL statements; `{pk}` and
-`{ts}` expand per dialect. Never edit a released migration: add the next number.
+`{ts}` expand per dialect; a `(dialect, sql)` pair runs on that dialect only ("sqlite" |
+"postgresql"). Never edit a released migration: add the next number.
+
+Several processes may migrate one catalog at once (two mounts starting together): SQLite
+serialises them with BEGIN IMMEDIATE; PostgreSQL with an advisory lock held while migrating.
 """
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from datetime import datetime, timezone
 
 import peewee as pw
 
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+MIGRATIONS: list[tuple[int, str, list[str | tuple[str, str]]]] = [
     (
         1,
         "initial schema",
@@ -79,37 +83,61 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 created_at {ts} NOT NULL)""",
             # the root directory: every top-level entry has parent_id = 1
             "INSERT INTO directory (id, parent_id, name, explicit, mtime_ns, mode) VALUES (1, NULL, '', TRUE, {now_ns}, 16877)",
+            # an explicit id does not advance a PostgreSQL sequence: the next directory must get 2
+            ("postgresql", "SELECT setval('directory_id_seq', (SELECT MAX(id) FROM directory))"),
+        ],
+    ),
+    (
+        2,
+        "code-point key index for prefix filters on PostgreSQL",
+        [
+            # the default collation may be locale-aware; prefix ranges compare COLLATE "C" (SQLite's
+            # artifact_key index is already binary)
+            ("postgresql", 'CREATE INDEX artifact_key_c ON artifact (key COLLATE "C")'),
         ],
     ),
 ]
 
+#: pg_advisory_lock key that serialises migrations ("lamfs" in ASCII)
+PG_MIGRATION_LOCK = 0x6C616D6673
+
 
 def _dialect(db: pw.Database) -> dict[str, str]:
     if isinstance(db, pw.PostgresqlDatabase):
-        return {"pk": "BIGSERIAL PRIMARY KEY", "ts": "TIMESTAMP WITH TIME ZONE"}
-    return {"pk": "INTEGER PRIMARY KEY AUTOINCREMENT", "ts": "TIMESTAMP"}
+        return {"dialect": "postgresql", "pk": "BIGSERIAL PRIMARY KEY", "ts": "TIMESTAMP WITH TIME ZONE"}
+    return {"dialect": "sqlite", "pk": "INTEGER PRIMARY KEY AUTOINCREMENT", "ts": "TIMESTAMP"}
 
 
 def apply_migrations(db: pw.Database, migration_model) -> list[int]:
-    """Apply every migration not yet recorded, each in its own transaction. Returns those applied."""
-    db.execute_sql(
-        "CREATE TABLE IF NOT EXISTS lamfs_migration (id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMP NOT NULL)"
-    )
-    applied: list[int] = []
+    """Apply every migration not yet recorded, each in its own transaction. Returns those applied.
+    Call with a connection held (the catalog's session): PostgreSQL's advisory lock is per session."""
     subs = dict(_dialect(db))
-    for number, name, statements in MIGRATIONS:
-        with _write_txn(db):
-            # checked inside the transaction: two processes racing to migrate apply each step once
-            if migration_model.select().where(migration_model.id == number).exists():
-                continue
-            for statement in statements:
-                db.execute_sql(statement.format(now_ns=time.time_ns(), **subs))
-            migration_model.create(id=number, name=name, applied_at=datetime.now(timezone.utc))
-            applied.append(number)
-    if isinstance(db, pw.PostgresqlDatabase) and applied:
-        # explicit id=1 insert above does not advance the sequence
-        db.execute_sql("SELECT setval('directory_id_seq', (SELECT MAX(id) FROM directory))")
-    return applied
+    postgres = subs["dialect"] == "postgresql"
+    if postgres:
+        db.execute_sql("SELECT pg_advisory_lock(%s)", (PG_MIGRATION_LOCK,))
+    try:
+        db.execute_sql(
+            "CREATE TABLE IF NOT EXISTS lamfs_migration (id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMP NOT NULL)"
+        )
+        applied: list[int] = []
+        for number, name, statements in MIGRATIONS:
+            with _write_txn(db):
+                # checked inside the transaction: two processes racing to migrate apply each step once
+                if migration_model.select().where(migration_model.id == number).exists():
+                    continue
+                for statement in statements:
+                    if isinstance(statement, tuple):
+                        only, statement = statement
+                        if only != subs["dialect"]:
+                            continue
+                    db.execute_sql(statement.format(now_ns=time.time_ns(), **subs))
+                # a naive UTC timestamp: the column has no time zone on either backend
+                migration_model.create(id=number, name=name, applied_at=datetime.now(timezone.utc).replace(tzinfo=None))
+                applied.append(number)
+        return applied
+    finally:
+        if postgres:
+            db.execute_sql("SELECT pg_advisory_unlock(%s)", (PG_MIGRATION_LOCK,))
 
 
 def _write_txn(db: pw.Database):

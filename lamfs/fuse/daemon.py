@@ -35,6 +35,33 @@ def sd_notify(message: str) -> None:
 
 STATS_INTERVAL_S = 2.0
 
+#: The kernel's read-ahead for this mount (its backing_dev_info). The default, 128 KiB, makes a
+#: sequential reader cost one FUSE request (a thread hop and a block-cache lookup here) per 128 KiB;
+#: a larger window lets the kernel ask for up to 1 MiB at a time (max_pages) and keep several
+#: requests in flight. Random readers are unaffected: the kernel grows the window only on
+#: sequential access. Needs root (sysfs); without it the default stays, silently.
+try:
+    KERNEL_READAHEAD_KB = int(os.environ.get("LAMFS_KERNEL_READAHEAD_KB", "4096"))
+except ValueError:
+    KERNEL_READAHEAD_KB = 4096
+
+
+def raise_kernel_readahead(mountpoint: str | Path, kb: int = KERNEL_READAHEAD_KB) -> None:
+    try:
+        # the device number from mountinfo: a stat() of our own mountpoint would wait for this very
+        # process to answer it
+        target = str(mountpoint).replace(" ", "\\040")
+        with open("/proc/self/mountinfo") as f:
+            devs = [line.split()[2] for line in f if line.split()[4] == target]
+        if not devs:
+            return
+        knob = Path(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb")
+        if kb > int(knob.read_text()):
+            knob.write_text(f"{kb}\n")
+            log.info("kernel read-ahead of the mount set to %d KiB", kb)
+    except (OSError, ValueError) as exc:
+        log.debug("kernel read-ahead left as it is (%s)", exc)
+
 
 def write_stats(ops: LamfsOperations, path: Path) -> None:
     """Blocking: publish the block cache's counters for `lamfs cache stats` (temp file + rename)."""
@@ -44,8 +71,17 @@ def write_stats(ops: LamfsOperations, path: Path) -> None:
     os.replace(tmp, path)
 
 
-async def _serve(ops: LamfsOperations, stats_path: Path | None) -> None:
+async def _serve(ops: LamfsOperations, stats_path: Path | None, mountpoint: Path | str | None = None) -> None:
     async with trio.open_nursery() as nursery:
+        if mountpoint is not None:
+            async def readahead():
+                # only once the kernel's INIT has been answered: INIT caps the window at what the
+                # kernel offered when it queued INIT (the 128 KiB default)
+                for delay in (0.05, 0.25, 1.0):
+                    await trio.sleep(delay)
+                    await trio.to_thread.run_sync(raise_kernel_readahead, mountpoint)
+
+            nursery.start_soon(readahead)
         if ops.blocks is not None and stats_path is not None:
             async def publish_stats():
                 while True:
@@ -97,7 +133,7 @@ def run_mount(service, mountpoint: str | Path, *, block_cache, staging_dir: Path
     log.info("mounted %s at %s%s", fsname, mountpoint, " (read-only)" if read_only else "")
     sd_notify("READY=1")
     try:
-        trio.run(_serve, ops, stats_path)
+        trio.run(_serve, ops, stats_path, mountpoint)
     finally:
         # unmount even after a crash of the loop: a dead mount ("transport endpoint is not connected")
         # helps nobody

@@ -6,6 +6,18 @@ service; this module translates calls, keeps inode/handle tables and nothing els
 Inodes: directory d -> 2d-1 (the root, d=1, is inode 1), artifact a -> 2a: stable across renames
 and remounts because they come from catalog ids. Entries that have no catalog id of their own
 (/.lamfs, files inside folder artifacts, files being created) get dynamic inodes >= 2**48.
+
+Readers keep the version they opened. The kernel keeps one size and one page cache per inode (and
+clamps every read, direct_io included, to that size), so lamfs keeps ONE VERSION PER KERNEL INODE:
+- a reader opening an inode that already has open readers joins their version;
+- an inode whose readers are pinned to a version that is no longer current (replaced through the API,
+  another mount, or a rename over it) is a *ghost*: getattr keeps answering with the pinned version's
+  size, and lookups hand out another inode number (an alias of the artifact) for the current version
+  until those readers close;
+- the first reader of an inode invalidates the kernel's cached attributes of it (its lookup may have
+  run before a commit the open then saw).
+Writes through the mount to the very inode a reader has open are POSIX in-place writes: those readers
+switch to the writer's staging copy and see the new bytes, as on a local disk.
 """
 from __future__ import annotations
 
@@ -25,8 +37,11 @@ import pyfuse3
 import trio
 
 from ..catalog import ROOT_DIR_ID, ArtifactRecord, DirectoryRecord
-from ..errors import AlreadyExists, InvalidKey, IsADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly
+from ..errors import (
+    AlreadyExists, ContentChanged, InvalidKey, IsADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly,
+)
 from ..keys import RESERVED_TOP, check_name, extract_suffix, join_key
+from ..storage.local import local_etag
 from .errno_map import fuse_errors
 
 log = logging.getLogger("lamfs.fuse")
@@ -35,6 +50,7 @@ DYN_BASE = 1 << 48
 LAMFS_DIR_INO = DYN_BASE + 1
 BY_UID_INO = DYN_BASE + 2
 XATTR_PREFIX = "user.lamfs."
+XATTR_PREFIX_B = XATTR_PREFIX.encode()
 XATTRS = ("uid", "hash", "hash_type", "size", "storage_path", "description", "otype", "kind", "version")
 
 
@@ -57,6 +73,10 @@ class WriteState:
     dirty: bool = False
     handles: int = 0
     unlinked: bool = False
+    # the last commit (flush/fsync) failed and close(2) reported EIO: release must not retry it behind
+    # the user's back (the bytes stay in staging); a later write clears this
+    commit_failed: bool = False
+    kernel_inos: set = field(default_factory=set)  # the inode numbers the kernel writes this file through
     mtime_ns: int = field(default_factory=time.time_ns)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -76,7 +96,7 @@ class Handle:
     ino: int
     write: WriteState | None = None
     append: bool = False
-    # read side: a pinned version
+    # read side: a pinned version (see the module docstring: ghosts)
     record: ArtifactRecord | None = None
     fd: int | None = None  # local storage: the object file itself (survives replace by rename)
     storage_key: str | None = None
@@ -112,6 +132,10 @@ class LamfsOperations(pyfuse3.Operations):
         self.last_identity: dict[int, str] = {}  # inode -> identity at last open (kernel page cache reuse)
         self.inflight = 0
         self.started_ns = time.time_ns()
+        # guards the pending/writers registries and every WriteState.handles count: handlers run in
+        # parallel worker threads, and the kernel sends RELEASE after close(2) has returned, so a quick
+        # re-open races with the release of the previous descriptor (held briefly; never during I/O)
+        self._state_lock = threading.RLock()
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -141,24 +165,65 @@ class LamfsOperations(pyfuse3.Operations):
                            mtime_ns=rec.mtime_ns, nlink=2)
 
     def _art_attr(self, rec: ArtifactRecord, ino: int | None = None) -> pyfuse3.EntryAttributes:
-        ino = ino or art_ino(rec.id)
+        """Attributes of an artifact as inode `ino` (a getattr/setattr target), or, for lookups and
+        listings (ino=None), under the inode number the kernel should use for its current version."""
         if rec.is_folder:
-            return self._entry(ino, mode=stat.S_IFDIR | 0o555, size=4096, mtime_ns=rec.mtime_ns, nlink=2)
+            return self._entry(ino or art_ino(rec.id), mode=stat.S_IFDIR | 0o555, size=4096, mtime_ns=rec.mtime_ns,
+                               nlink=2)
+        ino = ino or self._visible_ino(rec)
         state = self.writers.get(art_ino(rec.id))
+        ghost = self._ghost(ino, rec)
         size, mtime_ns = rec.size, rec.mtime_ns
-        if state is not None:
-            size, mtime_ns = os.fstat(state.fd).st_size, state.mtime_ns
+        staged = self._staged_size(state) if state is not None and (ghost is None or ino in state.kernel_inos) else None
+        if staged is not None:
+            size, mtime_ns = staged, state.mtime_ns
+        elif ghost is not None:  # readers of an older version hold this inode: keep their size
+            size, mtime_ns = ghost.size, ghost.record.mtime_ns
         perm = (rec.mode & 0o7777) or 0o644
         if rec.key is None:
             perm &= ~0o222
         return self._entry(ino, mode=stat.S_IFREG | perm, size=size, mtime_ns=mtime_ns)
 
+    @staticmethod
+    def _identity(rec: ArtifactRecord) -> str:
+        return rec.storage_etag if rec.storage_etag else f"h:{rec.hash}"
+
+    def _ghost(self, ino: int, rec: ArtifactRecord) -> Handle | None:
+        """The largest open reader of inode `ino` pinned to a version of `rec` that is no longer
+        current, if any (then `ino` is a ghost; see the module docstring)."""
+        current = self._identity(rec)
+        stale = [h for h in list(self.handles.values())
+                 if h.ino == ino and h.write is None and h.record is not None and h.record.id == rec.id
+                 and h.identity != current]
+        return max(stale, key=lambda h: h.size) if stale else None
+
+    def _visible_ino(self, rec: ArtifactRecord) -> int:
+        """The inode number lookups and listings give for an artifact's current version: its stable
+        number 2a, unless that is a ghost; then an alias (reused while the kernel knows it)."""
+        canonical = art_ino(rec.id)
+        if self._ghost(canonical, rec) is None:
+            return canonical
+        for ino, aid in list(self.alias.items()):
+            if aid == rec.id and self._ghost(ino, rec) is None:
+                return ino
+        ino = next(self._dyn)
+        self.alias[ino] = rec.id
+        return ino
+
     def _special_attr(self, ino: int) -> pyfuse3.EntryAttributes:
         return self._entry(ino, mode=stat.S_IFDIR | 0o555, size=4096, mtime_ns=self.started_ns, nlink=2)
 
     def _pending_attr(self, p: Pending) -> pyfuse3.EntryAttributes:
-        return self._entry(p.ino, mode=stat.S_IFREG | 0o644, size=os.fstat(p.state.fd).st_size,
-                           mtime_ns=p.state.mtime_ns)
+        size = self._staged_size(p.state)
+        if size is None:  # its last descriptor was released meanwhile (committed or dropped)
+            raise NotFound(f"{p.name} is gone")
+        return self._entry(p.ino, mode=stat.S_IFREG | 0o644, size=size, mtime_ns=p.state.mtime_ns)
+
+    def _staged_size(self, state: WriteState) -> int | None:
+        """The size of a staging copy, or None once its fd is closed: the release of the last descriptor
+        closes it in another worker thread (under _state_lock), and its number may be reused at once."""
+        with self._state_lock:
+            return None if state.fd < 0 else os.fstat(state.fd).st_size
 
     def _dyn_ino(self, key: tuple) -> int:
         ino = self.dyn_rev.get(key)
@@ -190,7 +255,7 @@ class LamfsOperations(pyfuse3.Operations):
         if kind == "dir":
             return self._dir_attr(obj)
         if kind == "art":
-            return self._art_attr(obj, ino if ino in self.alias else None)
+            return self._art_attr(obj, ino)
         if kind == "pending":
             return self._pending_attr(obj)
         if kind == "special":
@@ -199,6 +264,15 @@ class LamfsOperations(pyfuse3.Operations):
         if is_dir:
             return self._entry(ino, mode=stat.S_IFDIR | 0o555, size=4096, mtime_ns=mtime_ns, nlink=2)
         return self._entry(ino, mode=stat.S_IFREG | 0o444, size=size, mtime_ns=mtime_ns)
+
+    @staticmethod
+    def _existing_name(name: bytes) -> str:
+        """A name to look up: one that is not UTF-8 cannot exist in the catalog (ENOENT; creating it is
+        EINVAL, see _decode), and must not reach the catalog's driver, which cannot encode it."""
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotFound(f"no entry named {name!r}") from None
 
     def _decode(self, name: bytes) -> str:
         text = os.fsdecode(name)
@@ -234,7 +308,7 @@ class LamfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
-        name_s = os.fsdecode(name)
+        name_s = self._existing_name(name)
         return await self._run(self._lookup, parent_inode, name_s)
 
     def _lookup(self, parent_inode: int, name: str) -> pyfuse3.EntryAttributes:
@@ -316,7 +390,9 @@ class LamfsOperations(pyfuse3.Operations):
             raise NotPermitted("chown to another user is not supported")
         if kind in ("special", "folder") or (kind == "art" and (obj.is_folder or obj.key is None)):
             if fields.update_size:
-                raise ReadOnly("read-only entry")
+                if kind == "special" or (kind == "art" and obj.key is None):
+                    raise NotPermitted("/.lamfs is read-only")
+                raise ReadOnly("folder artifacts are read-only in the mount")
             return self._attr_of(kind, obj, inode)
         mtime_ns = attr.st_mtime_ns if fields.update_mtime else None
         mode = (attr.st_mode & 0o7777) if fields.update_mode else None
@@ -326,20 +402,24 @@ class LamfsOperations(pyfuse3.Operations):
         if kind == "pending":
             state = obj.state
             if fields.update_size:
-                os.ftruncate(state.fd, attr.st_size)
-                state.dirty = True
+                with self._state_lock:  # its fd may be closed by a concurrent release
+                    if state.fd < 0:
+                        raise NotFound(f"{obj.name} is gone")
+                    os.ftruncate(state.fd, attr.st_size)
+                    state.dirty = True
             if mtime_ns is not None:
                 state.mtime_ns = mtime_ns
             return self._pending_attr(obj)
         rec = obj
         if fields.update_size:
-            state = self.writers.get(art_ino(rec.id))
-            if state is not None:
-                os.ftruncate(state.fd, attr.st_size)
-                state.dirty = True
-                state.mtime_ns = time.time_ns()
-            else:  # truncate(2) on a path: a replace right away
-                state = self._open_writer(rec, truncate=attr.st_size == 0)
+            with self._state_lock:  # a writer's fd is closed (and the writer dropped) under this lock
+                state = self.writers.get(art_ino(rec.id))
+                if state is not None:
+                    os.ftruncate(state.fd, attr.st_size)
+                    state.dirty = True
+                    state.mtime_ns = time.time_ns()
+            if state is None:  # truncate(2) on a path: a replace right away
+                state = self._open_writer(rec, truncate=attr.st_size == 0, kernel_ino=inode)
                 try:
                     os.ftruncate(state.fd, attr.st_size)
                     state.dirty = True
@@ -357,7 +437,7 @@ class LamfsOperations(pyfuse3.Operations):
             changes["mode"] = stat.S_IFREG | mode
         if changes:
             rec = self.service.set_attrs(rec, **changes)
-        return self._art_attr(rec, inode if inode in self.alias else None)
+        return self._art_attr(rec, inode)
 
     # -- directories -------------------------------------------------------------------------------------
 
@@ -427,7 +507,7 @@ class LamfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
-        name_s = os.fsdecode(name)
+        name_s = self._existing_name(name)
         await self._run(self._rmdir, parent_inode, name_s)
 
     def _rmdir(self, parent_inode, name):
@@ -463,19 +543,52 @@ class LamfsOperations(pyfuse3.Operations):
             return path, os.open(path, os.O_RDWR)
         return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
-    def _open_writer(self, rec: ArtifactRecord, *, truncate: bool) -> WriteState:
+    def _open_writer(self, rec: ArtifactRecord, *, truncate: bool, kernel_ino: int | None = None) -> WriteState:
+        """The shared staging copy for writing `rec` through kernel inode `kernel_ino`."""
         ino = art_ino(rec.id)
-        state = self.writers.get(ino)
-        if state is None:
-            path, fd = self._new_staging(fill_from=None if truncate else rec)
-            state = WriteState(path=path, fd=fd, record=rec, key=rec.key)
-            self.writers[ino] = state
-        elif truncate:
+        with self._state_lock:
+            state = self.writers.get(ino)
+            if state is not None:
+                return self._join_writer(state, rec, truncate, kernel_ino)
+        path, fd = self._new_staging(fill_from=None if truncate else rec)  # may download: not under the lock
+        with self._state_lock:
+            state = self.writers.get(ino)
+            if state is not None:  # another open of this file got there first: share its copy
+                os.close(fd)
+                path.unlink(missing_ok=True)
+            else:
+                state = WriteState(path=path, fd=fd, record=rec, key=rec.key)
+                self.writers[ino] = state
+            return self._join_writer(state, rec, truncate, kernel_ino)
+
+    def _join_writer(self, state: WriteState, rec: ArtifactRecord, truncate: bool, kernel_ino: int | None) -> WriteState:
+        # _state_lock held
+        if truncate:
             os.ftruncate(state.fd, 0)
         if truncate and (rec.size or os.fstat(state.fd).st_size):
             state.dirty = True
         state.handles += 1
+        kernel_ino = kernel_ino if kernel_ino is not None else self._visible_ino(rec)
+        state.kernel_inos.add(kernel_ino)
+        self._follow_writer(kernel_ino, rec, state)
         return state
+
+    def _follow_writer(self, kernel_ino: int, rec: ArtifactRecord, state: WriteState) -> None:
+        """Readers of the current version on the inode being written share the kernel's size and page
+        cache with the writer: they read the staging copy from now on (POSIX in-place write), instead of
+        a version the kernel no longer describes. Readers of older versions (ghosts) stay pinned."""
+        current = self._identity(rec)
+        for h in list(self.handles.values()):
+            if h.ino == kernel_ino and h.write is None and h.record is not None and h.record.id == rec.id \
+                    and h.identity == current:
+                if h.fd is not None:
+                    os.close(h.fd)
+                    h.fd = None
+                if h.pin is not None:
+                    h.pin.close()
+                    h.pin = None
+                state.handles += 1
+                h.write = state
 
     def _fill_staging(self, rec: ArtifactRecord, path: Path) -> None:
         local = self.storage.local_path(rec.storage_key)
@@ -485,12 +598,14 @@ class LamfsOperations(pyfuse3.Operations):
             self.storage.download_file(rec.storage_key, path, etag=rec.storage_etag)
 
     def _drop_writer(self, ino: int, state: WriteState) -> None:
-        state.handles -= 1
-        if state.handles > 0:
-            return
-        if self.writers.get(ino) is state:
-            del self.writers[ino]
-        os.close(state.fd)
+        with self._state_lock:
+            state.handles -= 1
+            if state.handles > 0:
+                return
+            if self.writers.get(ino) is state:
+                del self.writers[ino]
+            os.close(state.fd)
+            state.fd = -1
         if state.dirty and not state.unlinked:
             log.error("uncommitted writes to %s are kept at %s", state.key, state.path)
         else:
@@ -519,15 +634,16 @@ class LamfsOperations(pyfuse3.Operations):
             state = self._open_writer(existing, truncate=True)
             self.handles[fh] = Handle(ino=art_ino(existing.id), write=state, append=bool(flags & os.O_APPEND))
             return pyfuse3.FileInfo(fh=fh), self._art_attr(existing)
-        p = self._pending_in(dir_id, name)
-        if p is None:
-            path, fd = self._new_staging()
-            state = WriteState(path=path, fd=fd, record=None, key=key, dirty=True)
-            p = Pending(ino=next(self._dyn), dir_id=dir_id, name=name, state=state)
-            self.pending[p.ino] = p
-        p.state.handles += 1
-        self.handles[fh] = Handle(ino=p.ino, write=p.state, append=bool(flags & os.O_APPEND))
-        return pyfuse3.FileInfo(fh=fh), self._pending_attr(p)
+        with self._state_lock:
+            p = self._pending_in(dir_id, name)
+            if p is None:
+                path, fd = self._new_staging()
+                state = WriteState(path=path, fd=fd, record=None, key=key, dirty=True)
+                p = Pending(ino=next(self._dyn), dir_id=dir_id, name=name, state=state)
+                self.pending[p.ino] = p
+            p.state.handles += 1
+            self.handles[fh] = Handle(ino=p.ino, write=p.state, append=bool(flags & os.O_APPEND))
+            return pyfuse3.FileInfo(fh=fh), self._pending_attr(p)
 
     @fuse_errors
     async def open(self, inode, flags, ctx):
@@ -538,15 +654,21 @@ class LamfsOperations(pyfuse3.Operations):
         writing = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
         fh = next(self._fh)
         if kind == "pending":
-            if writing:
-                obj.state.handles += 1
-                if flags & os.O_TRUNC:
-                    os.ftruncate(obj.state.fd, 0)
-                self.handles[fh] = Handle(ino=inode, write=obj.state, append=bool(flags & os.O_APPEND))
-                return pyfuse3.FileInfo(fh=fh)
-            obj.state.handles += 1  # read of a file still being written: read the staging copy
-            self.handles[fh] = Handle(ino=inode, write=obj.state)
-            return pyfuse3.FileInfo(fh=fh, direct_io=True)
+            with self._state_lock:
+                gone = inode not in self.pending  # committed meanwhile (then an alias) or released
+                if gone:
+                    pass
+                elif writing:
+                    obj.state.handles += 1
+                    if flags & os.O_TRUNC:
+                        os.ftruncate(obj.state.fd, 0)
+                    self.handles[fh] = Handle(ino=inode, write=obj.state, append=bool(flags & os.O_APPEND))
+                    return pyfuse3.FileInfo(fh=fh)
+                else:
+                    obj.state.handles += 1  # read of a file still being written: read the staging copy
+                    self.handles[fh] = Handle(ino=inode, write=obj.state)
+                    return pyfuse3.FileInfo(fh=fh, direct_io=True)
+            return self._open(inode, flags)  # resolve it again
         if kind == "folder":
             if writing:
                 raise ReadOnly("folder artifacts are read-only in the mount")
@@ -559,31 +681,85 @@ class LamfsOperations(pyfuse3.Operations):
         if writing:
             if self.read_only:
                 raise ReadOnly("mounted read-only")
-            if rec.key is None:
-                raise ReadOnly("artifacts without a key are read-only under /.lamfs/by-uid")
-            state = self._open_writer(rec, truncate=bool(flags & os.O_TRUNC))
+            if rec.key is None:  # only reachable under /.lamfs/by-uid: writes there are EPERM
+                raise NotPermitted("artifacts without a key are read-only under /.lamfs/by-uid")
+            state = self._open_writer(rec, truncate=bool(flags & os.O_TRUNC), kernel_ino=inode)
             self.handles[fh] = Handle(ino=art_ino(rec.id), write=state, append=bool(flags & os.O_APPEND))
             return pyfuse3.FileInfo(fh=fh)
-        state = self.writers.get(art_ino(rec.id))
-        if state is not None:  # this mount is writing it: read what was written (POSIX within a mount)
-            state.handles += 1
-            self.handles[fh] = Handle(ino=art_ino(rec.id), write=state)
-            return pyfuse3.FileInfo(fh=fh, direct_io=True)
-        identity = rec.storage_etag if rec.storage_etag else f"h:{rec.hash}"
-        return self._open_reader(fh, inode, rec, rec.storage_key, rec.size, identity)
+        with self._state_lock:
+            state = self.writers.get(art_ino(rec.id))
+            if state is not None:  # this mount is writing it: read what was written (POSIX within a mount)
+                state.handles += 1
+                self.handles[fh] = Handle(ino=art_ino(rec.id), write=state)
+                return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        return self._open_reader(fh, inode, rec, rec.storage_key, rec.size, self._identity(rec))
 
     def _open_reader(self, fh, inode, rec, storage_key, size, identity):
-        handle = Handle(ino=inode, record=rec, storage_key=storage_key, identity=identity, size=size)
+        """Pin a version for reading through kernel inode `inode`. One version per kernel inode (see the
+        module docstring): if readers are already on it, this one joins their version — they may hold an
+        older one when this open came through a dentry the kernel has not revalidated yet (at most the
+        entry TTL after a change)."""
+        handle = self._pin(Handle(ino=inode, record=rec, storage_key=storage_key, identity=identity, size=size))
+        with self._state_lock:
+            peer = next((h for h in list(self.handles.values()) if h.ino == inode and h.write is None
+                         and h.record is not None and h.record.id == rec.id and (h.fd is not None or h.pin is not None)),
+                        None)
+            if peer is not None and peer.identity != handle.identity:
+                self._unpin(handle)
+                handle = Handle(ino=inode, record=peer.record, storage_key=peer.storage_key, identity=peer.identity,
+                                size=peer.size)
+                if peer.fd is not None:
+                    handle.fd = os.dup(peer.fd)  # under the lock: _release takes the fd under it too
+                else:
+                    handle.pin = self.blocks.open(self._object_id(handle))
+            self.handles[fh] = handle
+            keep = self.last_identity.get(inode) == handle.identity
+            self.last_identity[inode] = handle.identity
+        if peer is None:
+            # the first reader of this inode: the kernel may hold the size of another version (its lookup
+            # ran before a commit this open saw); make it ask again, or it would cut this reader off there
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError:  # the kernel has no cached attributes for it: nothing to fix
+                pass
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    def _pin(self, handle: Handle) -> Handle:
+        rec, storage_key = handle.record, handle.storage_key
         local = self.storage.local_path(storage_key)
         if local is not None:
             # keep the object's fd: a replace renames a new file into place, this reader keeps its version
-            handle.fd = os.open(local, os.O_RDONLY)
+            for attempt in range(5):
+                try:
+                    handle.fd = os.open(local, os.O_RDONLY)
+                    break
+                except FileNotFoundError:
+                    # a commit moved the bytes (a rename over, a suffix change) and deleted this object since
+                    # the row was read: read the row again (not for a file inside a folder artifact)
+                    if attempt == 4 or storage_key != rec.storage_key:
+                        raise
+                    rec = self.service.catalog.artifact_by_id(rec.id)
+                    storage_key = rec.storage_key
+                    handle.record, handle.storage_key, handle.size = rec, storage_key, rec.size
+                    handle.identity = self._identity(rec)
+                    local = self.storage.local_path(storage_key)
+            st = os.fstat(handle.fd)
+            if rec.storage_etag and storage_key == rec.storage_key and local_etag(st) != rec.storage_etag:
+                # a replace renamed newer bytes into place between the catalog read and this open (its
+                # commit is on its way): pin what was opened, with its own size and identity
+                handle.size, handle.identity = st.st_size, local_etag(st)
         elif self.blocks is not None:
             handle.pin = self.blocks.open(self._object_id(handle))
-        keep = self.last_identity.get(inode) == identity
-        self.last_identity[inode] = identity
-        self.handles[fh] = handle
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+        return handle
+
+    @staticmethod
+    def _unpin(handle: Handle) -> None:
+        if handle.fd is not None:
+            os.close(handle.fd)
+            handle.fd = None
+        if handle.pin is not None:
+            handle.pin.close()
+            handle.pin = None
 
     def _object_id(self, handle: Handle):
         from ..cache.blocks import ObjectId
@@ -602,9 +778,34 @@ class LamfsOperations(pyfuse3.Operations):
             return os.pread(handle.fd, size, off)
         if off >= handle.size:
             return b""
-        if self.blocks is not None:
-            return self.blocks.read(self._object_id(handle), off, size)
-        return self.storage.get_range(handle.storage_key, off, min(size, handle.size - off), etag=handle.record.storage_etag)
+        try:
+            if self.blocks is not None:
+                return self.blocks.read(self._object_id(handle), off, size)
+            return self.storage.get_range(handle.storage_key, off, min(size, handle.size - off),
+                                          etag=handle.record.storage_etag)
+        except NotFound as exc:
+            if self._follow_move(handle):  # the same bytes, moved to another key by a commit: read them there
+                return self._read(handle, off, size)
+            # the version this reader opened is gone from storage (replaced, renamed over)
+            raise ContentChanged(f"{handle.storage_key}: the version opened is no longer in storage") from exc
+
+    def _follow_move(self, handle: Handle) -> bool:
+        rec = handle.record
+        if handle.storage_key != rec.storage_key:  # a file inside a folder artifact
+            return False
+        try:
+            cur = self.service.catalog.artifact_by_id(rec.id)
+        except NotFound:
+            return False
+        if cur.storage_key == handle.storage_key or cur.hash != rec.hash or cur.size != handle.size:
+            return False
+        with self._state_lock:
+            old_pin = handle.pin
+            handle.record, handle.storage_key, handle.identity = cur, cur.storage_key, self._identity(cur)
+            handle.pin = self.blocks.open(self._object_id(handle)) if old_pin is not None else None
+        if old_pin is not None:
+            old_pin.close()
+        return True
 
     @fuse_errors
     async def write(self, fh, off, buf):
@@ -619,6 +820,7 @@ class LamfsOperations(pyfuse3.Operations):
             off = os.fstat(state.fd).st_size
         written = os.pwrite(state.fd, buf, off)
         state.dirty = True
+        state.commit_failed = False
         state.mtime_ns = time.time_ns()
         return written
 
@@ -643,13 +845,17 @@ class LamfsOperations(pyfuse3.Operations):
         try:
             self._commit(state)
         except Exception as exc:
+            state.commit_failed = True
             log.warning("commit of %s failed; the written bytes are kept at %s: %s", state.key, state.path, exc)
             raise
+        state.commit_failed = False
         if pending is not None and state.record is not None:
             # the file now has a catalog id: later lookups get its stable inode
-            self.alias[pending.ino] = state.record.id
-            del self.pending[pending.ino]
-            self.writers[art_ino(state.record.id)] = state
+            with self._state_lock:
+                self.alias[pending.ino] = state.record.id
+                if self.pending.get(pending.ino) is pending:
+                    del self.pending[pending.ino]
+                    self.writers.setdefault(art_ino(state.record.id), state)
             self._invalidate_entry(pending.dir_id, pending.name)
 
     def _commit(self, state: WriteState) -> None:
@@ -659,11 +865,15 @@ class LamfsOperations(pyfuse3.Operations):
                 return
             if state.record is None:
                 name = state.key.rsplit("/", 1)[-1]
-                result = self.service.draft(state.path, key=state.key, suffix=extract_suffix(name))
+                result = self.service.draft(state.path, key=state.key, suffix=extract_suffix(name), dedup_live_only=True)
+                if not isinstance(result, ArtifactRecord):
+                    result.mtime_ns = state.mtime_ns  # in the same commit, not a second one
                 rec = result if isinstance(result, ArtifactRecord) else self.service.save(result, keep_copy=False)
             else:
                 current = self.service.refresh(state.record)
                 draft = self.service.draft_replace(current, state.path, suffix=current.suffix)
+                if draft is not None:
+                    draft.mtime_ns = state.mtime_ns
                 rec = current if draft is None else self.service.replace(draft, keep_copy=False)
             if state.mtime_ns and rec.mtime_ns != state.mtime_ns:
                 rec = self.service.set_attrs(rec, mtime_ns=state.mtime_ns)
@@ -675,7 +885,7 @@ class LamfsOperations(pyfuse3.Operations):
 
     def _invalidate_entry(self, dir_id: int, name: str) -> None:
         try:
-            pyfuse3.invalidate_entry_async(dir_ino(dir_id), os.fsencode(name))
+            pyfuse3.invalidate_entry_async(dir_ino(dir_id), os.fsencode(name), ignore_enoent=True)
         except Exception:  # noqa: BLE001 - best effort: the entry TTL expires anyway
             pass
 
@@ -687,47 +897,62 @@ class LamfsOperations(pyfuse3.Operations):
         await self._run(self._release, handle)
 
     def _release(self, handle: Handle) -> None:
-        if handle.fd is not None:
-            os.close(handle.fd)
-        if handle.pin is not None:
-            handle.pin.close()
+        with self._state_lock:  # a reader joining this one dups its fd under the lock
+            fd, handle.fd = handle.fd, None
+            pin, handle.pin = handle.pin, None
+        if fd is not None:
+            os.close(fd)
+        if pin is not None:
+            pin.close()
         state = handle.write
         if state is None:
             return
-        if state.dirty and not state.unlinked and state.handles == 1:
+        if state.dirty and not state.unlinked and state.handles == 1 and not state.commit_failed:
             try:  # normally flush committed already; this catches writes after the last flush
                 self._commit_handle(handle)
             except Exception:  # noqa: BLE001 - logged in _commit_handle; bytes stay in staging
                 pass
-        pending = self.pending.get(handle.ino)
-        if pending is not None:
-            state.handles -= 1
-            if state.handles <= 0:
+        with self._state_lock:
+            pending = self.pending.get(handle.ino)
+            if pending is not None and pending.state is state:
+                state.handles -= 1
+                if state.handles > 0:
+                    return
                 del self.pending[handle.ino]
                 os.close(state.fd)
-                if state.dirty and not state.unlinked:
-                    log.error("uncommitted new file %s is kept at %s", state.key, state.path)
-                else:
-                    state.path.unlink(missing_ok=True)
+                state.fd = -1
+            elif state.record is None:  # a new file unlinked before its first commit
+                state.handles -= 1
+                if state.handles > 0:
+                    return
+                os.close(state.fd)
+                state.fd = -1
+            else:
+                pending = None
+        if pending is not None or state.record is None:
+            if state.dirty and not state.unlinked:
+                log.error("uncommitted new file %s is kept at %s", state.key, state.path)
+            else:
+                state.path.unlink(missing_ok=True)
             return
-        ino = art_ino(state.record.id) if state.record is not None else handle.ino
-        self._drop_writer(ino, state)
+        self._drop_writer(art_ino(state.record.id), state)
 
     # -- namespace changes ---------------------------------------------------------------------------------
 
     @fuse_errors
     async def unlink(self, parent_inode, name, ctx):
-        name_s = os.fsdecode(name)
+        name_s = self._existing_name(name)
         await self._run(self._unlink, parent_inode, name_s)
 
     def _unlink(self, parent_inode, name):
         kind, obj = self._resolve(parent_inode)
         dir_id = self._writable_dir(kind, obj)
-        p = self._pending_in(dir_id, name)
-        if p is not None:
-            p.state.unlinked = True
-            del self.pending[p.ino]
-            return
+        with self._state_lock:
+            p = self._pending_in(dir_id, name)
+            if p is not None:
+                p.state.unlinked = True
+                del self.pending[p.ino]
+                return
         child = self.service.lookup_child(dir_id, name)
         if child is None:
             raise NotFound(name)
@@ -743,7 +968,7 @@ class LamfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        old_s, new_s = os.fsdecode(name_old), self._decode(name_new)
+        old_s, new_s = self._existing_name(name_old), self._decode(name_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         self.inflight += 1
@@ -776,7 +1001,7 @@ class LamfsOperations(pyfuse3.Operations):
             if isinstance(dst, ArtifactRecord):
                 raise _errno(errno.ENOTDIR, f"{new} is not a directory")
             if isinstance(dst, DirectoryRecord):
-                self.service.rmdir(dst.id)  # ENOTEMPTY unless empty, as rename(2)
+                self.service.rmdir(dst.id, prune_parent=False)  # ENOTEMPTY unless empty, as rename(2)
             self.service.rename_dir(src.path, new_key)
             return
         if isinstance(dst, DirectoryRecord):
@@ -818,6 +1043,10 @@ class LamfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
+        if not name.startswith(XATTR_PREFIX_B):
+            # `ls -l` asks for security.selinux and system.posix_acl_* on every file: answer on the
+            # loop, without a worker thread and a catalog query (they were 90% of `ls -lR`)
+            raise pyfuse3.FUSEError(errno.ENODATA)
         return await self._run(self._getxattr, inode, os.fsdecode(name))
 
     def _getxattr(self, inode, name):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..cache.copies import CopyCache, Identity, copy_into
 from ..catalog import MAIN_BRANCH, TRASH_BRANCH, ArtifactRecord, Catalog
-from ..errors import AlreadyExists, InvalidKey, IsADirectory, NotFound, StorageError
+from ..errors import AlreadyExists, CatalogBusy, InvalidKey, IsADirectory, NotFound, StorageError
 from ..hashing import ContentHash, hash_path
 from ..keys import AUTO_KEY_PREFIX, extract_suffix, replace_suffix, validate_key
 from ..storage import Storage
@@ -48,6 +48,7 @@ class Draft:
     n_observations: int | None = None
     revises: ArtifactRecord | None = None
     cleanup: list[Path] = field(default_factory=list)
+    mtime_ns: int | None = None  # the file's mtime to record (the mount passes the writer's); None: now
 
 
 @dataclass
@@ -63,6 +64,7 @@ class ReplaceDraft:
     otype: str | None
     n_observations: int | None
     cleanup: list[Path] = field(default_factory=list)
+    mtime_ns: int | None = None  # as in Draft
 
     @property
     def old_storage_key(self) -> str | None:
@@ -152,9 +154,12 @@ class ArtifactService:
         self, source, *, key: str | None = None, description: str | None = None, revises: ArtifactRecord | None = None,
         kind: str | None = None, otype: str | None = None, n_observations: int | None = None,
         virtual: bool | None = None, suffix: str | None = None, cleanup: list[Path] | None = None,
+        dedup_live_only: bool = False,
     ) -> Draft | ArtifactRecord:
         """Hash and place a new artifact. Returns the existing record instead when the same bytes
-        are already registered with no key or the same key (LaminDB's dedup rule)."""
+        are already registered with no key or the same key (LaminDB's dedup rule: that may be an older,
+        non-latest version). `dedup_live_only` (the mount: a file written at a path must be that path's
+        live artifact afterwards) counts only the live, latest artifact at `key` as the same."""
         if key is not None:
             validate_key(key)
         virtual = self.use_virtual_keys if virtual is None else virtual
@@ -172,6 +177,8 @@ class ArtifactService:
         cleanup_paths += list(cleanup or [])
         content = hash_path(local)
         for rec in self.catalog.artifacts_by_hash(content.hash):
+            if dedup_live_only and not (rec.key == key and rec.is_latest and not rec.is_trashed):
+                continue
             if key is None or rec.key == key:
                 self._cleanup(cleanup_paths)
                 return rec
@@ -212,20 +219,21 @@ class ArtifactService:
         self._download(storage_key, target, is_folder=None)
         return target, [tmpdir]
 
-    def save(self, draft: Draft, *, keep_copy: bool = True) -> ArtifactRecord:
+    def save(self, draft: Draft, *, keep_copy: bool = True, progress=None) -> ArtifactRecord:
+        """`progress(bytes_done_total)` is called as the upload proceeds (CLI progress bars)."""
         try:
-            return self._save(draft, keep_copy)
+            return self._save(draft, keep_copy, progress)
         finally:
             self._cleanup(draft.cleanup)
 
-    def _save(self, draft: Draft, keep_copy: bool) -> ArtifactRecord:
+    def _save(self, draft: Draft, keep_copy: bool, progress=None) -> ArtifactRecord:
         is_folder = draft.source.is_dir()
         if not draft.in_place:
             if not draft.key_is_virtual and draft.key is not None:
                 self._refuse_unregistered_object(draft.storage_key, is_folder)
-            files = self._upload(draft.source, draft.storage_key)
+            files, etag = self._upload_with_etag(draft.source, draft.storage_key, progress)
         else:
-            files = self._manifest(draft.source) if is_folder else []
+            files, etag = (self._manifest(draft.source) if is_folder else []), None
 
         def commit() -> ArtifactRecord:
             if draft.revises is not None:
@@ -237,7 +245,8 @@ class ArtifactService:
                 suffix=draft.suffix, kind=draft.kind, otype=draft.otype, size=draft.content.size,
                 hash=draft.content.hash, hash_type=draft.content.hash_type, n_files=draft.content.n_files,
                 n_observations=draft.n_observations, storage_id=self.storage_id, storage_key=draft.storage_key,
-                storage_etag=None if is_folder else self._etag(draft.storage_key),
+                storage_etag=None if is_folder else (etag or self._etag(draft.storage_key)),
+                **({"mtime_ns": draft.mtime_ns} if draft.mtime_ns else {}),
             )
             if is_folder:
                 self.catalog.set_folder_files(rec.id, files)
@@ -319,11 +328,14 @@ class ArtifactService:
 
     def replace(self, draft: ReplaceDraft, *, keep_copy: bool = True) -> ArtifactRecord:
         try:
-            return self._replace(draft, keep_copy)
+            # one writer of this artifact's object at a time, also across mounts sharing the catalog:
+            # otherwise two uploads to one storage key can leave the object and the row disagreeing
+            with self.catalog.write_lock(draft.record.id) as still_locked:
+                return self._replace(draft, keep_copy, still_locked)
         finally:
             self._cleanup(draft.cleanup)
 
-    def _replace(self, draft: ReplaceDraft, keep_copy: bool) -> ArtifactRecord:
+    def _replace(self, draft: ReplaceDraft, keep_copy: bool, still_locked=lambda: None) -> ArtifactRecord:
         old = self.refresh(draft.record)
         is_folder = old.is_folder
         if draft.old_storage_key is not None:
@@ -344,19 +356,20 @@ class ArtifactService:
                 storage_key=draft.storage_key, new_hash=draft.content.hash, new_size=draft.content.size,
             )
         try:
-            files = self._upload(draft.source, draft.storage_key)
+            files, etag = self._upload_with_etag(draft.source, draft.storage_key)
         except BaseException:
             if intent_id is not None:
                 self.catalog.retrying(self.catalog.remove_intent, intent_id)
             raise
 
         def commit() -> ArtifactRecord:
+            still_locked()
             rec = self.catalog.update_artifact(
                 old.id, key=draft.key, suffix=draft.suffix, size=draft.content.size, hash=draft.content.hash,
                 hash_type=draft.content.hash_type, n_files=draft.content.n_files, storage_key=draft.storage_key,
-                storage_etag=None if is_folder else self._etag(draft.storage_key), kind=draft.kind,
+                storage_etag=None if is_folder else (etag or self._etag(draft.storage_key)), kind=draft.kind,
                 otype=draft.otype, n_observations=draft.n_observations,
-                mtime_ns=time.time_ns(),
+                mtime_ns=draft.mtime_ns or time.time_ns(),
             )
             if is_folder:
                 self.catalog.set_folder_files(rec.id, files)
@@ -388,7 +401,9 @@ class ArtifactService:
         return self.catalog.retrying(self.catalog.update_artifact, record.id, branch=TRASH_BRANCH)
 
     def restore(self, record: ArtifactRecord) -> ArtifactRecord:
-        return self.catalog.retrying(self.catalog.update_artifact, record.id, branch=MAIN_BRANCH)
+        restored = self.catalog.retrying(self.catalog.update_artifact, record.id, branch=MAIN_BRANCH)
+        log.info("restored %s (%s) from trash", restored.key or restored.uid, restored.uid)
+        return restored
 
     def delete(self, record: ArtifactRecord, *, permanent: bool | None = None, storage: bool | None = None) -> str | None:
         """Trash, or (permanent) remove the record and, for auto-managed keys or storage=True, the
@@ -408,6 +423,7 @@ class ArtifactService:
                     self.catalog.update_artifact(max(rest, key=lambda r: r.uid).id, is_latest=True)
 
         self.catalog.retrying(commit)
+        log.info("deleted %s (%s) permanently", record.key or record.uid, record.uid)
         self._drop_cache(record)
         if delete_object:
             self._delete_object(record.storage_key, record.is_folder)
@@ -447,17 +463,26 @@ class ArtifactService:
             raise
         if moves:
             self._delete_object(record.storage_key, record.is_folder)
+        log.info("renamed %s -> %s (%s)%s", record.key, new_key, record.uid, " (object moved)" if moves else "")
         return updated
 
     def rename_over(self, src: ArtifactRecord, dst: ArtifactRecord) -> ArtifactRecord:
         """`mv src dst` with dst existing: dst is replaced by src's bytes (uid of dst kept, as editors and
         rsync expect), src's record goes away. Bytes are copied server-side, never through this host."""
+        with self.catalog.write_lock(dst.id) as still_locked:  # dst's object is rewritten: as in replace()
+            return self._rename_over(src, dst, still_locked)
+
+    def _rename_over(self, src: ArtifactRecord, dst: ArtifactRecord, still_locked) -> ArtifactRecord:
         src, dst = self.refresh(src), self.refresh(dst)
         if src.id == dst.id:
             return dst
         if src.is_folder != dst.is_folder:
             raise IsADirectory("It is not allowed to replace a folder with a file." if dst.is_folder
                                else "It is not allowed to replace a file with a folder.")
+        if self.is_auto_managed(dst):
+            return self._rename_over_atomic(src, dst, still_locked)
+        # dst at a real key or a registered path: its object must stay at that path, so src's bytes are
+        # copied over it under an intent (a crash in between is rolled forward by fsck)
         suffix = dst.suffix
         if self.is_auto_managed(dst):
             storage_key = f"{AUTO_KEY_PREFIX}{dst.uid}{suffix}"
@@ -473,6 +498,7 @@ class ArtifactService:
             raise
 
         def commit() -> ArtifactRecord:
+            still_locked()
             self.catalog.delete_artifact(src.id)
             rec = self.catalog.update_artifact(
                 dst.id, size=src.size, hash=src.hash, hash_type=src.hash_type, n_files=src.n_files,
@@ -488,7 +514,68 @@ class ArtifactService:
             self._delete_object(src.storage_key, src.is_folder)
         self._drop_cache(src)
         self._drop_cache(dst)
+        log.info("renamed %s over %s (%s now has the bytes of %s)", src.key, dst.key, dst.uid, src.uid)
         return record
+
+    def _rename_over_atomic(self, src: ArtifactRecord, dst: ArtifactRecord, still_locked) -> ArtifactRecord:
+        """rename-over for an auto-managed dst, atomic: ONE catalog transaction gives dst src's object (and
+        size, hash, mtime, mode) and removes src's record — no bytes move before it, so a crash leaves
+        the old state or the new one, never dst rewritten while src still exists (copying src's bytes
+        over dst's object first could only be rolled forward after a crash, leaving both names). Then,
+        best effort, the bytes are copied to dst's own key `.lamindb/{uid}{suffix}` and the row follows
+        in a compare-and-set commit; a failure or crash there leaves dst on src's object (consistent)
+        and at worst an orphan for fsck."""
+        old_key, folder = dst.storage_key, dst.is_folder
+
+        def commit() -> ArtifactRecord:
+            still_locked()
+            cur = self.catalog.artifact_by_id(src.id)  # src as of this transaction
+            files = [(f.path, f.size) for f in self.catalog.folder_files(cur.id)] if folder else None
+            self.catalog.delete_artifact(cur.id)
+            rec = self.catalog.update_artifact(
+                dst.id, size=cur.size, hash=cur.hash, hash_type=cur.hash_type, n_files=cur.n_files,
+                storage_key=cur.storage_key, storage_etag=cur.storage_etag, mtime_ns=cur.mtime_ns, mode=cur.mode)
+            if files is not None:
+                self.catalog.set_folder_files(rec.id, files)
+            return rec
+
+        record = self.catalog.retrying(commit)
+        self._drop_cache(src)
+        self._drop_cache(dst)
+        log.info("renamed %s over %s (%s now has the bytes of %s)", src.key, dst.key, dst.uid, src.uid)
+        if old_key != record.storage_key:
+            self._delete_object(old_key, folder)  # dst's previous bytes: unreferenced since the commit
+        canonical = f"{AUTO_KEY_PREFIX}{dst.uid}{dst.suffix}"
+        moved_from = record.storage_key
+        if moved_from == canonical:
+            return record
+
+        def settle() -> ArtifactRecord | None:
+            still_locked()
+            cur = self.catalog.artifact_by_id(dst.id)
+            if cur.storage_key != moved_from or cur.hash != record.hash:
+                return None  # changed meanwhile: the copy is not what the row describes
+            return self.catalog.update_artifact(
+                dst.id, storage_key=canonical, storage_etag=None if folder else self._etag(canonical))
+
+        try:
+            self._copy_object(moved_from, canonical, folder)
+        except StorageError as exc:
+            log.warning("renamed %s over %s; its bytes stay at %s for now: %s", src.key, dst.key,
+                        self.storage.url(moved_from), exc)
+            self._delete_object(canonical, folder)  # a partial copy no row references
+            return record
+        try:
+            settled = self.catalog.retrying(settle)
+        except CatalogBusy as exc:  # committed or not: whichever object the row does not use is an orphan
+            log.warning("renamed %s over %s; moving its bytes to %s: %s (fsck removes the leftover)", src.key,
+                        dst.key, self.storage.url(canonical), exc)
+            return record
+        if settled is None:
+            self._delete_object(canonical, folder)  # a copy no row references
+            return record
+        self._delete_object(moved_from, folder)
+        return settled
 
     def rename_dir(self, old_path: str, new_path: str) -> int:
         """Move a directory and every key below it in one catalog transaction. Artifacts stored at
@@ -499,7 +586,10 @@ class ArtifactService:
         source = self.catalog.dir_by_path(old_path)
         if source is None:
             raise NotFound(f"no directory {old_path!r}")
-        below = self.catalog.filter_artifacts(key_prefix=old_path + "/", include_trashed=True, latest_only=False)
+        # only artifacts at real keys have objects to move: ask for just those (a directory of
+        # virtual keys, the default, then costs no record loads at all)
+        below = self.catalog.filter_artifacts(key_prefix=old_path + "/", include_trashed=True, latest_only=False,
+                                              key_is_virtual=False)
         real = [r for r in below if not r.key_is_virtual and r.storage_key == r.key]
         moved: list[tuple[ArtifactRecord, str]] = []
         try:
@@ -522,7 +612,8 @@ class ArtifactService:
                 raise AlreadyExists(f"an artifact already exists at {new_path!r}")
             changed = self.catalog.move_dir(source.id, target_parent.id, name)
             for rec, new_key in moved:
-                self.catalog.update_artifact(rec.id, storage_key=new_key)
+                self.catalog.update_artifact(rec.id, storage_key=new_key,
+                                             storage_etag=None if rec.is_folder else self._etag(new_key))
             return changed
 
         try:
@@ -533,6 +624,7 @@ class ArtifactService:
             raise
         for rec, _new_key in moved:
             self._delete_object(rec.storage_key, rec.is_folder)
+        log.info("renamed directory %s -> %s (%d keys)", old_path, new_path, changed)
         return changed
 
     def set_attrs(self, record: ArtifactRecord, **fields) -> ArtifactRecord:
@@ -565,10 +657,21 @@ class ArtifactService:
                 raise AlreadyExists(f"{path!r} exists")
             return self.catalog.ensure_dir(path, explicit=True)
 
-        return self.catalog.retrying(make)
+        made = self.catalog.retrying(make)
+        log.info("made directory %s", path)
+        return made
 
-    def rmdir(self, dir_id: int) -> None:
-        self.catalog.retrying(self.catalog.remove_dir, dir_id)
+    def rmdir(self, dir_id: int, *, prune_parent: bool = True) -> None:
+        """Remove an empty directory; an implicit parent left empty by it vanishes too (as it would with
+        its last file), unless the caller is about to put something there (`prune_parent=False`)."""
+
+        def remove() -> None:
+            parent_id = self.catalog.dir_by_id(dir_id).parent_id
+            self.catalog.remove_dir(dir_id)
+            if prune_parent:
+                self.catalog.prune_implicit_dirs(parent_id)
+
+        self.catalog.retrying(remove)
 
     def set_dir_attrs(self, dir_id: int, **fields) -> None:
         self.catalog.retrying(self.catalog.set_dir_attrs, dir_id, **fields)
@@ -626,14 +729,24 @@ class ArtifactService:
     def _manifest(self, folder: Path) -> list[tuple[str, int]]:
         return [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file()]
 
-    def _upload(self, source: Path, storage_key: str) -> list[tuple[str, int]]:
+    def _upload(self, source: Path, storage_key: str, progress=None) -> list[tuple[str, int]]:
         if not source.is_dir():
-            self.storage.put_file(source, storage_key)
+            self.storage.put_file(source, storage_key, progress=progress)
             return []
         files = self._manifest(source)
-        for rel, _size in files:
-            self.storage.put_file(source / rel, f"{storage_key}/{rel}")
+        done = 0  # progress over the whole folder
+        for rel, size in files:
+            self.storage.put_file(source / rel, f"{storage_key}/{rel}",
+                                  progress=None if progress is None else (lambda n, base=done: progress(base + n)))
+            done += size
         return files
+
+    def _upload_with_etag(self, source: Path, storage_key: str, progress=None) -> tuple[list[tuple[str, int]], str | None]:
+        """`_upload`, plus the ETag of a single file as the upload reported it (None for folders):
+        no HEAD needed for the commit."""
+        if not source.is_dir():
+            return [], self.storage.put_file(source, storage_key, progress=progress).etag
+        return self._upload(source, storage_key, progress), None
 
     def _etag(self, storage_key: str) -> str | None:
         try:
