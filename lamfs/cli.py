@@ -34,6 +34,7 @@ log = logging.getLogger("lamfs")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_CACHE_SIZE = "10G"
+DEFAULT_WRITE_BACK_THREADS = 8
 STATS_FILE = "block-stats.json"  # written by a running mount, read by `lamfs cache stats`
 
 #: S3 client settings for CLI commands (not the mount): an unreachable endpoint fails within
@@ -741,6 +742,8 @@ def cmd_mount(args) -> int:
         raise CliError(f"mountpoint {mountpoint} does not exist or is not a directory", EXIT_USAGE)
     config = _mount_config(args)
     cache_size = parse_size(args.cache_size)
+    if args.write_back_threads is not None and not 1 <= args.write_back_threads <= 64:
+        raise CliError("--write-back-threads must be between 1 and 64", EXIT_USAGE)
     if args.foreground:
         return _mount_foreground(args, config, mountpoint.resolve(), cache_size)
     log_dir = inst.home() / "logs"
@@ -750,9 +753,11 @@ def cmd_mount(args) -> int:
     cmd = [sys.executable, "-m", "lamfs.cli", "mount", str(mountpoint.resolve()), "--foreground",
            "--instance", config.name, "--cache-size", args.cache_size, "--entry-ttl", str(args.entry_ttl),
            "--attr-ttl", str(args.attr_ttl), "--log-file", str(log_file), "--log-level", args.log_level]
-    for flag in ("read_only", "allow_other", "debug"):
+    for flag in ("read_only", "allow_other", "debug", "write_back"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
+    if args.write_back_threads is not None:
+        cmd += ["--write-back-threads", str(args.write_back_threads)]
     if args.cache_dir:
         cmd += ["--cache-dir", args.cache_dir]
     with open(os.devnull, "rb") as devnull, open(log_file, "ab") as logf:
@@ -799,7 +804,8 @@ def _mount_foreground(args, config, mountpoint: Path, cache_size: int) -> int:
         run_mount(instance.service, mountpoint, block_cache=blocks, staging_dir=cache_dir / "staging",
                   read_only=args.read_only, allow_other=args.allow_other, debug=args.debug,
                   entry_ttl_s=args.entry_ttl, attr_ttl_s=args.attr_ttl, fsname=f"lamfs:{config.name}",
-                  stats_path=cache_dir / STATS_FILE)
+                  stats_path=cache_dir / STATS_FILE,
+                  write_back_threads=(args.write_back_threads or DEFAULT_WRITE_BACK_THREADS) if args.write_back else 0)
     finally:
         if blocks is not None:
             blocks.close()
@@ -811,13 +817,49 @@ def cmd_umount(args) -> int:
     mountpoint = Path(args.mountpoint).expanduser()
     if not _is_mounted(mountpoint):
         raise CliError(f"{mountpoint} is not mounted", EXIT_FAIL)
+    daemons = daemon_pids(mountpoint)
     cmd = ["fusermount3", "-u"] + (["-z"] if args.lazy else []) + [str(mountpoint)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
         raise CliError(f"unmount failed: {result.stderr.strip() or result.stdout.strip()}"
                        + (" (files still open? close them or use --lazy)" if "busy" in result.stderr else ""))
     print(f"unmounted {mountpoint}")
+    if not args.no_wait:
+        # a write-back mount commits what is still queued after the unmount: its daemon's exit is the
+        # moment everything written through it is in storage
+        started = time.monotonic()
+        told = False
+        while any(_alive(pid) for pid in daemons):
+            if not told and time.monotonic() - started > 2:
+                print("waiting for the mount daemon to finish its uploads (pid "
+                      + ", ".join(map(str, daemons)) + "; Ctrl-C leaves them to it)", flush=True)
+                told = True
+            time.sleep(0.05)
     return EXIT_OK
+
+
+def daemon_pids(mountpoint: Path) -> list[int]:
+    """The lamfs daemons serving `mountpoint` (foreground processes with it on their command line)."""
+    target = os.fsencode(str(mountpoint.resolve()))
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--foreground" in argv and target in argv and any(b"lamfs" in a for a in argv[:3]):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 # -- cache ----------------------------------------------------------------------------------------------------
@@ -877,6 +919,10 @@ def cmd_cache(args) -> int:
             value = stats.get(key, 0)
             human = f" ({value / (1 << 20):.1f} MiB)" if key.endswith("bytes") or key == "bytes_fetched" else ""
             print(f"  {key:<14} {value}{human}")
+        wb = stats.get("write_back")
+        if isinstance(wb, dict):
+            print(f"write-back: {wb['queued']} file(s) queued for upload, {wb['committed']} committed, "
+                  f"{wb['retries']} retries, {wb['threads']} uploader threads")
     return EXIT_OK
 
 
@@ -1012,6 +1058,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--debug", action="store_true", help="debug log level and FUSE debug output")
     s.add_argument("--log-file", help="daemon log file (background mode default: LAMFS_HOME/logs/)")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the mount to be ready")
+    s.add_argument("--write-back", action="store_true",
+                   help="close(2) returns before the upload; uploads run in the background, several at once "
+                        "(fsync still waits; see docs/SEMANTICS.md). Default: durable on close")
+    s.add_argument("--write-back-threads", type=int, default=None, metavar="N",
+                   help=f"uploader threads in write-back mode (default {DEFAULT_WRITE_BACK_THREADS})")
     s.set_defaults(func=cmd_mount)
 
     s = sub.add_parser("cache", help="block cache statistics, or clear it")
@@ -1025,6 +1076,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("umount", help="unmount (finishes in-flight commits first)")
     s.add_argument("mountpoint")
     s.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+    s.add_argument("--no-wait", action="store_true",
+                   help="return once unmounted, without waiting for a write-back mount's queued uploads")
     s.set_defaults(func=cmd_umount)
     return p
 

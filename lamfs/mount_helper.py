@@ -10,6 +10,7 @@ storage root (`s3://bucket/prefix` or an absolute directory) for the one-step fo
     cache_size=SIZE     --cache-size SIZE         cache_dir=DIR   --cache-dir DIR
     entry_ttl=S         --entry-ttl S             attr_ttl=S      --attr-ttl S
     log_file=PATH       --log-file PATH           log_level=L     --log-level L
+    write_back          --write-back              write_back_threads=N  --write-back-threads N
     home=DIR            LAMFS_HOME=DIR (where the instance configs live; root's default otherwise)
 
 Generic mount options (rw, defaults, auto/noauto, user/users/nouser, _netdev, nofail, nosuid,
@@ -30,9 +31,10 @@ USAGE = "usage: mount.lamfs INSTANCE|STORAGE DIR [-sfnv] [-o option[,option...]]
 
 EXIT_OK, EXIT_USAGE, EXIT_MOUNT_FAILED = 0, 1, 32
 
-FLAG_OPTIONS = {"ro": "--read-only", "allow_other": "--allow-other", "debug": "--debug"}
+FLAG_OPTIONS = {"ro": "--read-only", "allow_other": "--allow-other", "debug": "--debug", "write_back": "--write-back"}
 VALUE_OPTIONS = {"cache_size": "--cache-size", "cache_dir": "--cache-dir", "entry_ttl": "--entry-ttl",
-                 "attr_ttl": "--attr-ttl", "log_file": "--log-file", "log_level": "--log-level"}
+                 "attr_ttl": "--attr-ttl", "log_file": "--log-file", "log_level": "--log-level",
+                 "write_back_threads": "--write-back-threads"}
 GENERIC = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group", "_netdev", "nofail",
            "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async", "sync", "atime", "noatime", "relatime",
            "norelatime", "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "loud", "silent",

@@ -49,7 +49,9 @@ from tests.s3server import S3ServerProcess  # noqa: E402
 MiB = 1 << 20
 GiB = 1 << 30
 BUCKET = "bench"
-FS_NAMES = ("lamfs", "rclone", "s3fs")
+FS_NAMES = ("lamfs", "lamfs-wb", "rclone", "s3fs")
+#: lamfs --write-back only changes when close(2) returns: it is measured on the write workloads only
+WRITE_BACK_WORKLOADS = ("write", "small", "overwrite")
 WORKLOADS = ("write", "read", "ttfb", "small", "list", "rename", "overwrite", "stream")
 OP_TIMEOUT_S = 900
 DURABLE_TIMEOUT_S = 600
@@ -318,14 +320,17 @@ class LamfsFS(FS):
         self._pid: int | None = None
         self.instances: dict[str, object] = {}
 
+    mount_options: tuple[str, ...] = ()
+    instance_prefix = "bench"
+
     def prefix(self, space: str) -> str:
-        return f"lamfs/{space}/"
+        return f"{self.name}/{space}/"
 
     def _instance(self, space: str):
         from lamfs import instance as inst
 
         if space not in self.instances:
-            config = inst.create_config(f"s3://{BUCKET}/lamfs/{space}", name=f"bench-{space}")
+            config = inst.create_config(f"s3://{BUCKET}/{self.name}/{space}", name=f"{self.instance_prefix}-{space}")
             self.instances[space] = inst.Instance(config)
         return self.instances[space]
 
@@ -378,8 +383,9 @@ class LamfsFS(FS):
         if not keep_cache:
             shutil.rmtree(self.cache, ignore_errors=True)
         log = self.logs / f"lamfs-{space}.log"
-        cmd = [sys.executable, "-m", "lamfs.cli", "mount", str(self.mnt), "--instance", f"bench-{space}",
-               "--cache-dir", str(self.cache), "--cache-size", self.cache_size, "--log-file", str(log)]
+        cmd = [sys.executable, "-m", "lamfs.cli", "mount", str(self.mnt), "--instance", f"{self.instance_prefix}-{space}",
+               "--cache-dir", str(self.cache), "--cache-size", self.cache_size, "--log-file", str(log),
+               *self.mount_options]
         sh(cmd, env=self.b.aws_env, timeout=120)
         self._wait_mounted(None, log)
         self._pid = self._find_pid()
@@ -415,6 +421,13 @@ class LamfsFS(FS):
     def close(self) -> None:
         for instance in self.instances.values():
             instance.close()
+
+
+class LamfsWriteBackFS(LamfsFS):
+    """lamfs mounted with --write-back (close returns before the upload; uploads run in parallel)."""
+    name = "lamfs-wb"
+    mount_options = ("--write-back",)
+    instance_prefix = "benchwb"
 
 
 class RcloneFS(FS):
@@ -830,7 +843,7 @@ MEASURES = [
     ("overwrite_readback", "overwrite 1 MiB: read back via a fresh mount (`cmp`)", None),
     ("stream", "stream 2 GiB (`cat`), lamfs cache bound 1 GiB", "MB/s"),
 ]
-COLUMNS = ("lamfs", "rclone", "s3fs", "local", "boto3")
+COLUMNS = ("lamfs", "lamfs-wb", "rclone", "s3fs", "local", "boto3")
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -919,10 +932,26 @@ def markdown(results: dict) -> str:
             continue
         lines.append(f"| {label} | " + " | ".join(traffic_cell(s.get(col, {}).get(key))
                                                  for col in COLUMNS if col != "local") + " |")
-    lines += ["", "Ratios (median times; > 1 means lamfs is faster):", "",
-              "| workload | best peer | lamfs vs best peer | lamfs vs local disk | lamfs vs boto3 |", "|---|---|---|---|---|"]
+    for variant in ("lamfs", "lamfs-wb"):
+        if s.get(variant):
+            lines += _ratio_rows(s, variant)
+    st = s.get("lamfs", {}).get("stream")
+    if st and "error" not in st:
+        bs = st.get("block_stats") or {}
+        lines += ["", f"lamfs daemon while streaming {human_bytes(results['sizes']['stream'])}: peak RSS (VmHWM) "
+                  f"{human_bytes(st.get('vmhwm') or 0)}; block cache on disk peaked at "
+                  f"{human_bytes(st.get('cache_peak_bytes') or 0)} against a bound of "
+                  f"{human_bytes(bs.get('max_bytes') or 0)} (used at the end: {human_bytes(bs.get('used_bytes') or 0)}, "
+                  f"{bs.get('evictions')} evictions)."]
+    return "\n".join(lines) + "\n"
+
+
+def _ratio_rows(s: dict, variant: str) -> list[str]:
+    lines = ["", f"Ratios for {variant} (median times; > 1 means {variant} is faster):", "",
+             f"| workload | best peer | {variant} vs best peer | {variant} vs local disk | {variant} vs boto3 |",
+             "|---|---|---|---|---|"]
     for key, label, _unit in MEASURES:
-        lam = s.get("lamfs", {}).get(key)
+        lam = s.get(variant, {}).get(key)
         if not lam or "error" in lam:
             continue
         peers = [(c, s.get(c, {}).get(key)) for c in ("rclone", "s3fs")]
@@ -936,15 +965,7 @@ def markdown(results: dict) -> str:
 
         lines.append(f"| {label} | {best[0] if best else '—'} | {ratio(best[1]) if best else '—'} | "
                      f"{ratio(s.get('local', {}).get(key))} | {ratio(s.get('boto3', {}).get(key))} |")
-    st = s.get("lamfs", {}).get("stream")
-    if st and "error" not in st:
-        bs = st.get("block_stats") or {}
-        lines += ["", f"lamfs daemon while streaming {human_bytes(results['sizes']['stream'])}: peak RSS (VmHWM) "
-                  f"{human_bytes(st.get('vmhwm') or 0)}; block cache on disk peaked at "
-                  f"{human_bytes(st.get('cache_peak_bytes') or 0)} against a bound of "
-                  f"{human_bytes(bs.get('max_bytes') or 0)} (used at the end: {human_bytes(bs.get('used_bytes') or 0)}, "
-                  f"{bs.get('evictions')} evictions)."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1011,6 +1032,8 @@ def main() -> int:
     for name in wanted_fs:
         if name == "lamfs":
             filesystems.append(LamfsFS(bench))
+        elif name == "lamfs-wb":
+            filesystems.append(LamfsWriteBackFS(bench))
         elif name == "rclone":
             filesystems.append(RcloneFS(bench))
         elif name == "s3fs":
@@ -1023,6 +1046,8 @@ def main() -> int:
             for workload in wanted:
                 if workload == "stream" and fs.name != "lamfs":
                     continue  # the RSS/cache-bound measure is lamfs's own
+                if fs.name == "lamfs-wb" and workload not in WRITE_BACK_WORKLOADS:
+                    continue  # reads, listings and renames do not change with write-back
                 if workload == "stream":
                     fs.umount()
                     fs.cache_size = "1G"

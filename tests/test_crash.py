@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from lamfs.cli import daemon_pids
+
 import lamfs
 
 from .conftest_mount import is_mounted, lamfs_cli
@@ -168,15 +170,8 @@ def replay(manifest: Path) -> tuple[dict, dict | None]:
 # -- the test ---------------------------------------------------------------------------------------------
 
 def daemon_pid(mountpoint: Path) -> int:
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--foreground" in argv and os.fsencode(str(mountpoint)) in argv and b"mount" in argv:
-            return int(proc.name)
+    for pid in daemon_pids(mountpoint):
+        return pid
     raise AssertionError(f"no lamfs daemon for {mountpoint}")
 
 

@@ -443,10 +443,14 @@ class Catalog:
         return None if row is None else self._artifact(row)
 
     @read
-    def artifacts_by_hash(self, hash_: str) -> list[ArtifactRecord]:
+    def artifacts_by_hash(self, hash_: str, key: str | None = None) -> list[ArtifactRecord]:
+        """Artifacts with these bytes, oldest first; with `key`: only those at that key (a save
+        dedups within its key, and many files may share bytes, e.g. empty ones)."""
         A = self.m.Artifact
-        rows = A.select().where((A.hash == hash_) & (A.branch == MAIN_BRANCH)).order_by(A.id)
-        return [self._artifact(r) for r in rows]
+        where = (A.hash == hash_) & (A.branch == MAIN_BRANCH)
+        if key is not None:
+            where &= A.key == key
+        return [self._artifact(r) for r in A.select().where(where).order_by(A.id)]
 
     @read
     def artifact_by_storage_key(self, storage_id: int, storage_key: str) -> ArtifactRecord | None:

@@ -15,6 +15,7 @@ import pyfuse3
 import trio
 
 from .ops import LamfsOperations
+from .writeback import WriteBack, recover
 
 log = logging.getLogger("lamfs.fuse")
 
@@ -65,7 +66,9 @@ def raise_kernel_readahead(mountpoint: str | Path, kb: int = KERNEL_READAHEAD_KB
 
 def write_stats(ops: LamfsOperations, path: Path) -> None:
     """Blocking: publish the block cache's counters for `lamfs cache stats` (temp file + rename)."""
-    stats = dict(ops.blocks.stats(), pid=os.getpid(), updated_ns=time.time_ns())
+    stats = dict(ops.blocks.stats() if ops.blocks is not None else {}, pid=os.getpid(), updated_ns=time.time_ns())
+    if ops.write_back is not None:
+        stats["write_back"] = ops.write_back.stats()
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(stats))
     os.replace(tmp, path)
@@ -82,7 +85,7 @@ async def _serve(ops: LamfsOperations, stats_path: Path | None, mountpoint: Path
                     await trio.to_thread.run_sync(raise_kernel_readahead, mountpoint)
 
             nursery.start_soon(readahead)
-        if ops.blocks is not None and stats_path is not None:
+        if stats_path is not None and (ops.blocks is not None or ops.write_back is not None):
             async def publish_stats():
                 while True:
                     await trio.to_thread.run_sync(write_stats, ops, stats_path)
@@ -91,6 +94,8 @@ async def _serve(ops: LamfsOperations, stats_path: Path | None, mountpoint: Path
             async def clear_on_usr1():
                 with trio.open_signal_receiver(signal.SIGUSR1) as signals:
                     async for _ in signals:
+                        if ops.blocks is None:
+                            continue
                         log.info("SIGUSR1: clearing the block cache (pinned blocks stay)")
                         await trio.to_thread.run_sync(ops.blocks.clear)
                         await trio.to_thread.run_sync(write_stats, ops, stats_path)
@@ -116,9 +121,20 @@ async def _serve(ops: LamfsOperations, stats_path: Path | None, mountpoint: Path
 
 def run_mount(service, mountpoint: str | Path, *, block_cache, staging_dir: Path, read_only: bool = False,
               allow_other: bool = False, debug: bool = False, entry_ttl_s: float = 1.0, attr_ttl_s: float = 1.0,
-              fsname: str = "lamfs", stats_path: Path | None = None) -> None:
+              fsname: str = "lamfs", stats_path: Path | None = None, write_back_threads: int = 0) -> None:
+    """Serve `mountpoint` until it is unmounted. write_back_threads > 0: write-back mode with that many
+    uploader threads (fuse/writeback.py); 0: durable-on-close."""
+    staging_dir = Path(staging_dir)
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    if not read_only:
+        # files a write-back daemon accepted and did not commit before it died: commit them before
+        # anyone can look (a no-op when there are none)
+        outcome = recover(service, staging_dir)
+        if outcome["recovered"] or outcome["failed"]:
+            log.info("write-back recovery: %(recovered)d file(s) committed, %(failed)d kept for later", outcome)
+    write_back = WriteBack(write_back_threads) if write_back_threads > 0 and not read_only else None
     ops = LamfsOperations(service, block_cache=block_cache, staging_dir=staging_dir, read_only=read_only,
-                          entry_ttl_s=entry_ttl_s, attr_ttl_s=attr_ttl_s)
+                          entry_ttl_s=entry_ttl_s, attr_ttl_s=attr_ttl_s, write_back=write_back)
     options = set(pyfuse3.default_options)
     options.add(f"fsname={fsname}")
     options.add("subtype=lamfs")
@@ -130,14 +146,21 @@ def run_mount(service, mountpoint: str | Path, *, block_cache, staging_dir: Path
     if debug:
         options.add("debug")
     pyfuse3.init(ops, str(mountpoint), options)
-    log.info("mounted %s at %s%s", fsname, mountpoint, " (read-only)" if read_only else "")
+    log.info("mounted %s at %s%s", fsname, mountpoint,
+             " (read-only)" if read_only else f" (write-back, {write_back.threads} uploaders)" if write_back else "")
     sd_notify("READY=1")
     try:
         trio.run(_serve, ops, stats_path, mountpoint)
     finally:
         # unmount even after a crash of the loop: a dead mount ("transport endpoint is not connected")
         # helps nobody
+        ops.unmounted = True
         pyfuse3.close(unmount=True)
+        if write_back is not None:
+            if write_back.queued:
+                log.info("unmounted %s; committing %d file(s) still queued for upload", mountpoint, write_back.queued)
+            write_back.drain()
+            write_back.stop()
         if stats_path is not None:
             stats_path.unlink(missing_ok=True)
         log.info("unmounted %s", mountpoint)

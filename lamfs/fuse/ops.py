@@ -40,9 +40,10 @@ from ..catalog import ROOT_DIR_ID, ArtifactRecord, DirectoryRecord
 from ..errors import (
     AlreadyExists, ContentChanged, InvalidKey, IsADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly,
 )
-from ..keys import RESERVED_TOP, check_name, extract_suffix, join_key
+from ..keys import RESERVED_TOP, check_name, extract_suffix, join_key, validate_key
 from ..storage.local import local_etag
 from .errno_map import fuse_errors
+from .writeback import WriteBack, transient, write_journal
 
 log = logging.getLogger("lamfs.fuse")
 
@@ -76,6 +77,9 @@ class WriteState:
     # the last commit (flush/fsync) failed and close(2) reported EIO: release must not retry it behind
     # the user's back (the bytes stay in staging); a later write clears this
     commit_failed: bool = False
+    # write-back mode: an uploader holds a reference until it has committed (see fuse/writeback.py)
+    queued: bool = False
+    journal: Path | None = None
     kernel_inos: set = field(default_factory=set)  # the inode numbers the kernel writes this file through
     mtime_ns: int = field(default_factory=time.time_ns)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -109,7 +113,8 @@ class LamfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, service, *, block_cache=None, staging_dir: Path, read_only: bool = False,
-                 entry_ttl_s: float = 1.0, attr_ttl_s: float = 1.0, max_threads: int = 16):
+                 entry_ttl_s: float = 1.0, attr_ttl_s: float = 1.0, max_threads: int = 16,
+                 write_back: WriteBack | None = None):
         super().__init__()
         self.service = service
         self.storage = service.storage
@@ -131,6 +136,8 @@ class LamfsOperations(pyfuse3.Operations):
         self.writers: dict[int, WriteState] = {} # artifact inode -> shared staging
         self.last_identity: dict[int, str] = {}  # inode -> identity at last open (kernel page cache reuse)
         self.inflight = 0
+        self.write_back = write_back
+        self.unmounted = False  # no more kernel notifications (uploads may still finish after unmount)
         self.started_ns = time.time_ns()
         # guards the pending/writers registries and every WriteState.handles count: handlers run in
         # parallel worker threads, and the kernel sends RELEASE after close(2) has returned, so a quick
@@ -621,8 +628,6 @@ class LamfsOperations(pyfuse3.Operations):
         dir_id = self._writable_dir(kind, obj)
         self._check_new_name(dir_id, name)
         key = join_key(obj.path, name)
-        from ..keys import validate_key
-
         validate_key(key)
         existing = self.service.lookup_child(dir_id, name)
         if isinstance(existing, DirectoryRecord):
@@ -826,24 +831,95 @@ class LamfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def flush(self, fh):
+        """close(2): commit (durable-on-close), or in write-back mode hand the file to an uploader."""
         handle = self.handles.get(fh)
         if handle is None or handle.write is None or not handle.write.dirty:
             return
+        if self.write_back is not None:
+            await self._run(self._enqueue, handle)
+            return
+        await self._commit_now(handle)
+
+    @fuse_errors
+    async def fsync(self, fh, datasync):
+        """Durable in every mode: waits for the upload and the catalog commit, and reports failures."""
+        handle = self.handles.get(fh)
+        if handle is None or handle.write is None or not handle.write.dirty:
+            return
+        await self._commit_now(handle)
+
+    async def _commit_now(self, handle: Handle) -> None:
         self.inflight += 1
         try:
             await self._run(self._commit_handle, handle)
         finally:
             self.inflight -= 1
 
-    @fuse_errors
-    async def fsync(self, fh, datasync):
-        await self.flush(fh)
+    # -- write-back (see fuse/writeback.py) ------------------------------------------------------------
+
+    def _enqueue(self, handle: Handle) -> None:
+        """Blocking: give a dirty file to the uploaders, once. The job holds a reference to the staging
+        copy (as an open descriptor would) until it has committed, so the file stays visible in this
+        mount as it is now: pending files keep their entry, replaced ones their staged size."""
+        state = handle.write
+        with self._state_lock:
+            if state.queued or state.unlinked or state.fd < 0:
+                return
+            pending = self.pending.get(handle.ino)
+            pending = pending if pending is not None and pending.state is state else None
+            state.queued = True
+            state.handles += 1
+        if state.journal is None:
+            rec = state.record
+            journal = write_journal(
+                state.path, key=state.key, artifact_id=None if rec is None else rec.id,
+                dir_id=None if pending is None else pending.dir_id, name=None if pending is None else pending.name,
+                mtime_ns=state.mtime_ns)
+            with self._state_lock:  # an unlink in between must not leave a journal that revives the file
+                keep = not state.unlinked and state.journal is None
+                if keep:
+                    state.journal = journal
+            if not keep:
+                journal.unlink(missing_ok=True)
+        self.write_back.submit(self._upload_job, handle.ino, state)
+
+    def _upload_job(self, ino: int, state: WriteState) -> None:
+        """An uploader thread: commit until it sticks (retrying storage trouble with backoff), again if
+        the file was written meanwhile, then drop the job's reference."""
+        holder = Handle(ino=ino, write=state)
+        attempt = 0
+        try:
+            while True:
+                try:
+                    self._commit_handle(holder)
+                    self.write_back.committed += 1
+                except Exception as exc:  # noqa: BLE001 - classified below; _commit_handle logged it
+                    if not transient(exc):
+                        log.error("write-back: giving up on %s (%s); its bytes are kept at %s",
+                                  state.key, exc, state.path)
+                        return
+                    if not self.write_back.backoff(attempt):
+                        log.warning("write-back: %s not committed before shutdown; the next mount commits it",
+                                    state.key)
+                        return
+                    attempt += 1
+                    continue
+                with self._state_lock:
+                    if not state.dirty or state.unlinked:
+                        return
+                attempt = 0  # written again while this commit ran: commit the newer bytes too
+        finally:
+            with self._state_lock:
+                state.queued = False
+            self._release(holder)
 
     def _commit_handle(self, handle: Handle) -> None:
         state = handle.write
         pending = self.pending.get(handle.ino)
+        if pending is not None and pending.state is not state:
+            pending = None
         try:
-            self._commit(state)
+            self._commit(state, pending)
         except Exception as exc:
             state.commit_failed = True
             log.warning("commit of %s failed; the written bytes are kept at %s: %s", state.key, state.path, exc)
@@ -858,11 +934,14 @@ class LamfsOperations(pyfuse3.Operations):
                     self.writers.setdefault(art_ino(state.record.id), state)
             self._invalidate_entry(pending.dir_id, pending.name)
 
-    def _commit(self, state: WriteState) -> None:
+    def _commit(self, state: WriteState, pending: Pending | None = None) -> None:
         """Blocking: store the staging bytes and commit (new artifact or replace)."""
         with state.lock:
             if not state.dirty or state.unlinked:
                 return
+            if state.record is None and pending is not None:
+                # its directory may have been renamed since the create: the key follows it
+                state.key = join_key(self.service.dir_by_id(pending.dir_id).path, pending.name)
             if state.record is None:
                 name = state.key.rsplit("/", 1)[-1]
                 result = self.service.draft(state.path, key=state.key, suffix=extract_suffix(name), dedup_live_only=True)
@@ -880,10 +959,19 @@ class LamfsOperations(pyfuse3.Operations):
             state.record = rec
             state.key = rec.key
             state.dirty = False
+            with self._state_lock:
+                journal, state.journal = state.journal, None
+                deleted_meanwhile = state.unlinked
+            if journal is not None:  # committed: nothing left for a recovery to do
+                journal.unlink(missing_ok=True)
+            if deleted_meanwhile:  # unlinked while this commit uploaded it: the delete wins, as it came last
+                self.service.trash(rec)
             if self.blocks is not None:
                 self.blocks.invalidate(rec.storage_key)
 
     def _invalidate_entry(self, dir_id: int, name: str) -> None:
+        if self.unmounted:
+            return
         try:
             pyfuse3.invalidate_entry_async(dir_ino(dir_id), os.fsencode(name), ignore_enoent=True)
         except Exception:  # noqa: BLE001 - best effort: the entry TTL expires anyway
@@ -907,7 +995,9 @@ class LamfsOperations(pyfuse3.Operations):
         state = handle.write
         if state is None:
             return
-        if state.dirty and not state.unlinked and state.handles == 1 and not state.commit_failed:
+        if state.dirty and not state.unlinked and self.write_back is not None and not state.commit_failed:
+            self._enqueue(handle)  # writes after the last flush (e.g. through mmap): queue them too
+        elif state.dirty and not state.unlinked and state.handles == 1 and not state.commit_failed:
             try:  # normally flush committed already; this catches writes after the last flush
                 self._commit_handle(handle)
             except Exception:  # noqa: BLE001 - logged in _commit_handle; bytes stay in staging
@@ -949,10 +1039,16 @@ class LamfsOperations(pyfuse3.Operations):
         dir_id = self._writable_dir(kind, obj)
         with self._state_lock:
             p = self._pending_in(dir_id, name)
-            if p is not None:
+            if p is not None and p.state.record is None:
+                # not committed: it never reaches the catalog. A commit already uploading it (write-back)
+                # is not waited for: it sees the mark when it is done and deletes what it committed.
                 p.state.unlinked = True
+                journal, p.state.journal = p.state.journal, None
                 del self.pending[p.ino]
+                if journal is not None:
+                    journal.unlink(missing_ok=True)
                 return
+        # (a pending file committed meanwhile is deleted as the artifact it became, below)
         child = self.service.lookup_child(dir_id, name)
         if child is None:
             raise NotFound(name)
@@ -964,7 +1060,15 @@ class LamfsOperations(pyfuse3.Operations):
         if state is not None:
             with state.lock:
                 state.unlinked = True
+                self._drop_journal(state)
         self.service.trash(child)
+
+    def _drop_journal(self, state: WriteState) -> None:
+        """The file was deleted: a recovery must not bring it back."""
+        with self._state_lock:
+            journal, state.journal = state.journal, None
+        if journal is not None:
+            journal.unlink(missing_ok=True)
 
     @fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
@@ -985,8 +1089,6 @@ class LamfsOperations(pyfuse3.Operations):
         dst_dir = self._writable_dir(kind_n, obj_n)
         self._check_new_name(dst_dir, new)
         new_key = join_key(obj_n.path, new)
-        from ..keys import validate_key
-
         validate_key(new_key)
         pending = self._pending_in(src_dir, old)
         if pending is not None:  # still being written: commit it, then move the committed artifact
@@ -994,10 +1096,22 @@ class LamfsOperations(pyfuse3.Operations):
         src = self.service.lookup_child(src_dir, old)
         if src is None:
             raise NotFound(old)
+        state = self.writers.get(art_ino(src.id)) if isinstance(src, ArtifactRecord) else None
+        if state is not None and state.dirty and state.queued:
+            # write-back: its new bytes are still on their way; a rename over another file moves the
+            # source's object and row, so they must be committed first
+            self._commit_handle(Handle(ino=art_ino(src.id), write=state))
+            src = self.service.refresh(src)
+        pending_dst = self._pending_in(dst_dir, new)
+        if pending_dst is not None and pending_dst.state is not (pending.state if pending else None):
+            # a new file not committed yet (open, or queued in write-back mode) is the target: commit it,
+            # so that the rename replaces it as it would any file
+            self._commit_handle(Handle(ino=pending_dst.ino, write=pending_dst.state))
         dst = self.service.lookup_child(dst_dir, new)
         if dst is not None and noreplace:
             raise AlreadyExists(new)
         if isinstance(src, DirectoryRecord):
+            self._commit_pending_below(src.path)
             if isinstance(dst, ArtifactRecord):
                 raise _errno(errno.ENOTDIR, f"{new} is not a directory")
             if isinstance(dst, DirectoryRecord):
@@ -1017,6 +1131,15 @@ class LamfsOperations(pyfuse3.Operations):
             self.alias[art_ino(src.id)] = dst.id
             if self.blocks is not None:
                 self.blocks.invalidate(dst.storage_key)
+
+    def _commit_pending_below(self, dir_path: str) -> None:
+        """Commit the new files not committed yet (open for writing, or queued in write-back mode) below
+        a directory that is about to move: they are keyed by their directory, whose edges move now."""
+        prefix = dir_path.rstrip("/") + "/"
+        with self._state_lock:
+            below = [p for p in self.pending.values() if p.state.key and p.state.key.startswith(prefix)]
+        for p in below:
+            self._commit_handle(Handle(ino=p.ino, write=p.state))
 
     # -- links, nodes: not supported -------------------------------------------------------------------------
 

@@ -176,7 +176,7 @@ class ArtifactService:
             cleanup_paths = []
         cleanup_paths += list(cleanup or [])
         content = hash_path(local)
-        for rec in self.catalog.artifacts_by_hash(content.hash):
+        for rec in self.catalog.artifacts_by_hash(content.hash, key=key):
             if dedup_live_only and not (rec.key == key and rec.is_latest and not rec.is_trashed):
                 continue
             if key is None or rec.key == key:
