@@ -665,7 +665,7 @@ def cmd_trash(args) -> int:
 FSCK_LABELS = {
     "pending_intent": "pending write", "missing_object": "missing object", "size_mismatch": "size mismatch",
     "hash_mismatch": "hash mismatch", "changed_object": "changed object", "orphan_object": "orphan object",
-    "unregistered_object": "unregistered", "temp_file": "temp file",
+    "unregistered_object": "unregistered", "temp_file": "temp file", "incomplete_upload": "incomplete upload",
 }
 
 

@@ -293,3 +293,32 @@ def test_intent_of_a_writer_still_at_work_is_left_to_it(tmp_path):
     assert catalog.intents() == [] and catalog.artifact_by_id(rec.id).hash == hash_bytes(new).hash
     assert fsck(svc, hashes=True, min_age_s=0).ok
     catalog.close()
+
+
+def test_incomplete_multipart_upload_is_reported_and_aborted(lamfs_home, s3_bucket, s3_client):
+    """A large upload cut off mid-way (process killed) leaves parts in S3 that are no object: fsck
+    reports them, `--repair` aborts them; a good artifact is untouched and uploads of others' prefixes
+    are not ours to judge."""
+    instance = inst.Instance(inst.create_config("s3://lamfs-test/fsck", name="fsck"))
+    svc = instance.service
+    good = svc.save(svc.draft(DATA / "iris.csv", key="iris.csv"), keep_copy=False)
+    instance.close()
+    cut = s3_client.create_multipart_upload(Bucket="lamfs-test", Key="fsck/.lamindb/CUTCUTCUTCUTCUTC0000.bin")
+    s3_client.upload_part(Bucket="lamfs-test", Key="fsck/.lamindb/CUTCUTCUTCUTCUTC0000.bin", PartNumber=1,
+                          UploadId=cut["UploadId"], Body=b"x" * (5 << 20))
+    other = s3_client.create_multipart_upload(Bucket="lamfs-test", Key="elsewhere/big.bin")
+
+    report = run_fsck("--min-age", "0s", code=1)
+    assert kinds(report) == [("incomplete_upload", ".lamindb/CUTCUTCUTCUTCUTC0000.bin")]
+    assert report["problems"][0]["action"] == "abort"
+    # (young uploads, possibly in progress, are left alone by the default --min-age like young objects;
+    # not checked here: moto reports every upload as initiated in 2010)
+    assert len(s3_client.list_multipart_uploads(Bucket="lamfs-test").get("Uploads", [])) == 2
+
+    report = run_fsck("--repair", "--min-age", "0s")
+    assert [(p["kind"], p["repaired"]) for p in report["problems"]] == [("incomplete_upload", True)]
+    left = s3_client.list_multipart_uploads(Bucket="lamfs-test").get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in left] == [("elsewhere/big.bin", other["UploadId"])]
+    assert run_fsck("--min-age", "0s", code=0)["problems"] == []
+    body = s3_client.get_object(Bucket="lamfs-test", Key=f"fsck/{good.storage_key}")["Body"].read()
+    assert body == (DATA / "iris.csv").read_bytes()

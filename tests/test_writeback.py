@@ -196,3 +196,26 @@ def test_bad_thread_count_is_refused(s3_bucket, lamfs_home, tmp_path):
                      env=env, check=False)
     assert proc.returncode != 0 and "--write-back-threads must be between 1 and 64" in proc.stderr
     assert not is_mounted(tmp_path / "m")
+
+
+def test_fstab_options_turn_write_back_on(lamfs_home, tmp_path):
+    """mount.lamfs (fstab): `write_back,write_back_threads=2` give a write-back mount, on a local root too."""
+    import sys
+
+    with_home = dict(os.environ, LAMFS_HOME=str(lamfs_home))
+    lamfs_cli("init", "--storage", str(tmp_path / "root"), "--name", "fstabwb", env=with_home)
+    mnt, log = tmp_path / "mnt", tmp_path / "wb.log"
+    mnt.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "LAMFS_HOME"}
+    r = subprocess.run([sys.executable, "-m", "lamfs.mount_helper", "fstabwb", str(mnt), "-o",
+                        f"write_back,write_back_threads=2,log_file={log},home={lamfs_home}"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert r.returncode == 0, r.stderr
+        (mnt / "a.txt").write_bytes(b"through fstab\n")
+        assert "(write-back, 2 uploaders)" in log.read_text()
+    finally:
+        lamfs_cli("umount", str(mnt), env=with_home, check=False)
+    assert not is_mounted(mnt)
+    # the unmount waited for the queue: the file is committed
+    assert _catalog("fstabwb") == {"a.txt": (_catalog("fstabwb")["a.txt"][0], 14)}

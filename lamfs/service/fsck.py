@@ -8,9 +8,12 @@ Role: the logic of `lamfs fsck`. It finds
   namespace) or inside a folder artifact's prefix but not in its file list, *unregistered*
   objects elsewhere (maybe the user's own files), and stale `.lamfs-tmp-*` temp files of
   interrupted local writes;
+- S3 multipart uploads never completed nor aborted (a process killed mid-upload of a large file):
+  parts that use storage but are no object;
 - pending intents: write-ahead rows left by a crash between an upload and its commit.
 
-`repair=True` fixes only what is safe: deletes orphans and stale temp files (unregistered objects
+`repair=True` fixes only what is safe: deletes orphans and stale temp files, aborts stale incomplete
+uploads (unregistered objects
 only with `delete_unregistered=True`), resolves intents (the object at the intent's key has the
 intent's hash and size → the row is rolled forward; otherwise the intent is dropped), and, when
 the bytes were rehashed and match, records an object's new etag. It never deletes a catalog row
@@ -53,10 +56,12 @@ CHANGED = "changed_object"
 ORPHAN = "orphan_object"
 UNREGISTERED = "unregistered_object"
 TEMP = "temp_file"
-KIND_ORDER = (INTENT, MISSING, SIZE, HASH, CHANGED, ORPHAN, UNREGISTERED, TEMP)
+UPLOAD = "incomplete_upload"
+KIND_ORDER = (INTENT, MISSING, SIZE, HASH, CHANGED, ORPHAN, UNREGISTERED, TEMP, UPLOAD)
 
 # repair actions
 DELETE = "delete"
+ABORT = "abort"
 ROLL_FORWARD = "roll forward"
 DROP_INTENT = "drop intent"
 REFRESH_ETAG = "refresh etag"
@@ -467,6 +472,21 @@ class _Fsck:
                                      size=st.st_size, action=DELETE, recent=self._too_recent(st.st_mtime)))
                 p._apply = lambda path=path: self._delete_temp(path)
 
+    def check_incomplete_uploads(self) -> None:
+        """S3: multipart uploads that were started and never completed nor aborted (a process killed
+        mid-upload): their parts take space (and cost money) but are no object; --repair aborts them."""
+        for key, upload_id, initiated_ns in self.storage.incomplete_uploads():
+            url = self.storage.url(key)
+            p = self.add(Problem(UPLOAD, key, f"{url}: multipart upload {upload_id[:16]}… started "
+                                              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(initiated_ns / 1e9))} UTC "
+                                              "never completed (its parts use storage)",
+                                 action=ABORT, recent=self._too_recent(initiated_ns / 1e9)))
+            p._apply = lambda k=key, u=upload_id: self._abort(k, u)
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        self.storage.abort_upload(key, upload_id)
+        log.info("fsck: aborted the incomplete upload of %s", self.storage.url(key))
+
     def _delete_temp(self, path: Path) -> None:
         path.unlink(missing_ok=True)
         log.info("fsck: deleted temp file %s", path)
@@ -482,6 +502,7 @@ class _Fsck:
         referenced = self.check_rows(objects, pending)
         self.check_orphans(objects, referenced)
         self.check_temp_files()
+        self.check_incomplete_uploads()
         if self.repair:
             self._apply([p for p in self.report.problems if p.kind != INTENT])
         order = {k: i for i, k in enumerate(KIND_ORDER)}

@@ -168,6 +168,15 @@ class Storage(ABC):
         """All objects whose key starts with `prefix` (a plain string prefix, recursive), sorted by
         key (code point order, which is also S3's UTF-8 byte order)."""
 
+    def incomplete_uploads(self) -> list[tuple[str, str, int]]:
+        """Multipart uploads started and neither completed nor aborted, as (key, upload id,
+        initiated ns): the parts are stored (and billed) but no object exists. None on local roots."""
+        return []
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Discard an incomplete upload's parts."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release connections/threads. Idempotent."""
 

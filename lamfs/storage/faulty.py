@@ -196,6 +196,12 @@ class FaultyStorage(Storage):
         # The fault fires at call time; iteration itself is the inner backend's.
         return self._run("list", prefix, lambda: self.inner.list(prefix))
 
+    def incomplete_uploads(self) -> list[tuple[str, str, int]]:
+        return self._run("incomplete_uploads", "", self.inner.incomplete_uploads)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        return self._run("abort_upload", key, lambda: self.inner.abort_upload(key, upload_id))
+
     def close(self) -> None:
         self.inner.close()
 

@@ -605,6 +605,26 @@ class S3Storage(Storage):
         except (bce.ClientError, bce.BotoCoreError) as exc:
             raise self._translate(exc, f"list prefix {prefix!r}") from exc
 
+    def incomplete_uploads(self) -> list[tuple[str, str, int]]:
+        strip = len(self._key_prefix)
+        out = []
+        try:
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key_prefix):
+                for up in page.get("Uploads") or []:
+                    out.append((up["Key"][strip:], up["UploadId"], _mtime_ns(up.get("Initiated"))))
+        except (bce.ClientError, bce.BotoCoreError) as exc:
+            raise self._translate(exc, "list incomplete uploads") from exc
+        return out
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=self._s3key(key), UploadId=upload_id)
+        except (bce.ClientError, bce.BotoCoreError) as exc:
+            if "NoSuchUpload" in str(exc):
+                return  # completed or aborted meanwhile
+            raise self._translate(exc, "abort upload", key) from exc
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
