@@ -48,6 +48,7 @@ from .writeback import WriteBack, transient, write_journal
 log = logging.getLogger("lamfs.fuse")
 
 DYN_BASE = 1 << 48
+PIN_ATTEMPTS = 20  # opens of a local object that a concurrent commit keeps moving (see _pin)
 LAMFS_DIR_INO = DYN_BASE + 1
 BY_UID_INO = DYN_BASE + 2
 XATTR_PREFIX = "user.lamfs."
@@ -734,15 +735,19 @@ class LamfsOperations(pyfuse3.Operations):
         local = self.storage.local_path(storage_key)
         if local is not None:
             # keep the object's fd: a replace renames a new file into place, this reader keeps its version
-            for attempt in range(5):
+            for attempt in range(PIN_ATTEMPTS):
                 try:
                     handle.fd = os.open(local, os.O_RDONLY)
                     break
                 except FileNotFoundError:
                     # a commit moved the bytes (a rename over, a suffix change) and deleted this object since
-                    # the row was read: read the row again (not for a file inside a folder artifact)
-                    if attempt == 4 or storage_key != rec.storage_key:
+                    # the row was read: read the row again (not for a file inside a folder artifact). Under
+                    # a stream of renames over the same name the new row can be outdated again by the time
+                    # it is opened (the concurrency test saw 5 misses in a row): back off a little and retry
+                    if attempt == PIN_ATTEMPTS - 1 or storage_key != rec.storage_key:
                         raise
+                    if attempt >= 2:
+                        time.sleep(0.001 * attempt)
                     rec = self.service.catalog.artifact_by_id(rec.id)
                     storage_key = rec.storage_key
                     handle.record, handle.storage_key, handle.size = rec, storage_key, rec.size
