@@ -829,7 +829,9 @@ def cmd_umount(args) -> int:
         # moment everything written through it is in storage
         started = time.monotonic()
         told = False
-        while any(_alive(pid) for pid in daemons):
+        from .fuse.writeback import lamfs_process_alive
+
+        while any(lamfs_process_alive(pid) for pid in daemons):
             if not told and time.monotonic() - started > 2:
                 print("waiting for the mount daemon to finish its uploads (pid "
                       + ", ".join(map(str, daemons)) + "; Ctrl-C leaves them to it)", flush=True)
@@ -852,14 +854,6 @@ def daemon_pids(mountpoint: Path) -> list[int]:
         if b"--foreground" in argv and target in argv and any(b"lamfs" in a for a in argv[:3]):
             pids.append(int(proc.name))
     return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 # -- cache ----------------------------------------------------------------------------------------------------

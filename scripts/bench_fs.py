@@ -392,16 +392,9 @@ class LamfsFS(FS):
         self.space = space
 
     def _find_pid(self) -> int | None:
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
-                continue
-            try:
-                argv = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"--foreground" in argv and os.fsencode(str(self.mnt)) in argv:
-                return int(d.name)
-        return None
+        from lamfs.cli import daemon_pids
+
+        return next(iter(daemon_pids(self.mnt)), None)
 
     def pid(self) -> int | None:
         return self._pid

@@ -897,7 +897,7 @@ class LamfsOperations(pyfuse3.Operations):
             while True:
                 try:
                     self._commit_handle(holder)
-                    self.write_back.committed += 1
+                    self.write_back.count_commit()
                 except Exception as exc:  # noqa: BLE001 - classified below; _commit_handle logged it
                     if not transient(exc):
                         log.error("write-back: giving up on %s (%s); its bytes are kept at %s",

@@ -77,10 +77,15 @@ class WriteBack:
                 self.queued -= 1
                 self._cv.notify_all()
 
+    def count_commit(self) -> None:
+        with self._cv:
+            self.committed += 1
+
     def backoff(self, attempt: int) -> bool:
         """Sleep before retry number `attempt`; False when unmounting and further waiting is pointless
         (the journal keeps the file for the next mount)."""
-        self.retries += 1
+        with self._cv:
+            self.retries += 1
         delay = min(RETRY_FIRST_S * (2 ** attempt), RETRY_MAX_S)
         return not self.closing.wait(delay)
 
@@ -122,7 +127,7 @@ def write_journal(staging: Path, *, key: str | None, artifact_id: int | None, di
     return path
 
 
-def _alive(pid: int) -> bool:
+def lamfs_process_alive(pid: int) -> bool:
     """Is a lamfs daemon still running as `pid`? (A zombie is dead; a reused pid is another program.)"""
     if pid == os.getpid():
         return False  # an earlier daemon of ours cannot share our pid while we run
@@ -143,7 +148,7 @@ def pending_journals(staging_dir: Path) -> list[tuple[Path, dict]]:
         except (OSError, ValueError):
             log.warning("write-back: unreadable journal entry %s left as it is", path)
             continue
-        if _alive(int(entry.get("pid", 0))):
+        if lamfs_process_alive(int(entry.get("pid", 0))):
             continue  # a running mount shares this cache directory: its own queue
         out.append((path, entry))
     out.sort(key=lambda pe: pe[1].get("written_ns", 0))
