@@ -134,6 +134,12 @@ class LamfsOperations(pyfuse3.Operations):
         self.dyn_rev: dict[tuple, int] = {}
         self.pending: dict[int, Pending] = {}    # dynamic inode -> pending create
         self.alias: dict[int, int] = {}          # committed pending inode -> artifact id
+        # the FUSE lookup count of every inode handed to the kernel (lookup, create, mkdir, readdirplus):
+        # an alias may only be dropped when the kernel has forgotten every lookup of it, not at the first
+        # FORGET (the kernel sends FORGET(n=1) for a revalidation reply it discards while it holds the
+        # same number from another lookup; dropping the alias then made the next open ENOENT)
+        self.nlookup: dict[int, int] = {}
+        self._ino_lock = threading.Lock()         # alias + nlookup changes against forget (on the loop)
         self.writers: dict[int, WriteState] = {} # artifact inode -> shared staging
         self.last_identity: dict[int, str] = {}  # inode -> identity at last open (kernel page cache reuse)
         self.inflight = 0
@@ -167,6 +173,18 @@ class LamfsOperations(pyfuse3.Operations):
         a.st_blocks = (size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime_ns
         return a
+
+    def _held(self, attr: pyfuse3.EntryAttributes, aid: int | None = None) -> pyfuse3.EntryAttributes:
+        """Count the lookup the kernel makes when `attr` is replied to it. `aid`: the artifact the number
+        stands for. An alias chosen for this reply may have been dropped by a FORGET processed since it
+        was chosen (its previous lookups): the kernel is about to learn the number again, so it must keep
+        meaning `aid`."""
+        ino = attr.st_ino
+        with self._ino_lock:
+            self.nlookup[ino] = self.nlookup.get(ino, 0) + 1
+            if aid is not None and ino != art_ino(aid) and ino not in self.pending and ino not in self.alias:
+                self.alias[ino] = aid
+        return attr
 
     def _dir_attr(self, rec: DirectoryRecord) -> pyfuse3.EntryAttributes:
         return self._entry(dir_ino(rec.id), mode=stat.S_IFDIR | (rec.mode & 0o7777), size=4096,
@@ -244,12 +262,14 @@ class LamfsOperations(pyfuse3.Operations):
     def _resolve(self, ino: int):
         """Blocking: what an inode is now. Returns ("dir", rec) | ("art", rec) | ("pending", p) |
         ("special", ino) | ("folder", key-tuple)."""
-        if ino in self.pending:
-            return "pending", self.pending[ino]
+        p = self.pending.get(ino)  # one read: the release of its last descriptor may drop it meanwhile
+        if p is not None:
+            return "pending", p
         if ino in (LAMFS_DIR_INO, BY_UID_INO):
             return "special", ino
-        if ino in self.alias:
-            return "art", self.service.catalog.artifact_by_id(self.alias[ino])
+        aid = self.alias.get(ino)  # one read: a FORGET on the loop may drop it at any moment
+        if aid is not None:
+            return "art", self.service.catalog.artifact_by_id(aid)
         if ino >= DYN_BASE:
             entry = self.dyn.get(ino)
             if entry is None:
@@ -325,27 +345,34 @@ class LamfsOperations(pyfuse3.Operations):
         kind, obj = self._resolve(parent_inode)
         if kind == "special":
             if obj == LAMFS_DIR_INO and name == "by-uid":
-                return self._special_attr(BY_UID_INO)
+                return self._held(self._special_attr(BY_UID_INO))
             if obj == BY_UID_INO:
                 rec = self._by_uid_name(name)
-                return self._art_attr(rec)
+                return self._held(self._art_attr(rec), rec.id)
             raise NotFound(name)
         if kind == "dir":
             if obj.id == ROOT_DIR_ID and name == ".lamfs":
-                return self._special_attr(LAMFS_DIR_INO)
+                return self._held(self._special_attr(LAMFS_DIR_INO))
             p = self._pending_in(obj.id, name)
             if p is not None:
-                return self._pending_attr(p)
+                return self._held(self._pending_attr(p), self._pending_owner(p))
             child = self.service.lookup_child(obj.id, name)
             if child is None:
                 raise NotFound(name)
-            return self._dir_attr(child) if isinstance(child, DirectoryRecord) else self._art_attr(child)
+            if isinstance(child, DirectoryRecord):
+                return self._held(self._dir_attr(child))
+            return self._held(self._art_attr(child), child.id)
         if kind == "art" and obj.is_folder:
-            return self._folder_lookup(obj, "", name)
+            return self._held(self._folder_lookup(obj, "", name))
         if kind == "folder" and obj[3]:
             rec = self.service.catalog.artifact_by_id(obj[1])
-            return self._folder_lookup(rec, obj[2], name)
+            return self._held(self._folder_lookup(rec, obj[2], name))
         raise NotFound(name)
+
+    @staticmethod
+    def _pending_owner(p: Pending) -> int | None:
+        """The artifact a new file's inode stands for once committed (None before)."""
+        return None if p.state.record is None else p.state.record.id
 
     def _by_uid_name(self, name: str) -> ArtifactRecord:
         rec = self.service.catalog.artifact_by_uid(name[:20])
@@ -459,19 +486,21 @@ class LamfsOperations(pyfuse3.Operations):
 
     def _listing(self, inode: int) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
         kind, obj = self._resolve(inode)
-        out: list[tuple[str, pyfuse3.EntryAttributes]] = []
+        # (name, attributes, the artifact the inode stands for: see _held)
+        out: list[tuple[str, pyfuse3.EntryAttributes, int | None]] = []
         if kind == "special":
             if obj == LAMFS_DIR_INO:
-                out.append(("by-uid", self._special_attr(BY_UID_INO)))
+                out.append(("by-uid", self._special_attr(BY_UID_INO), None))
             else:
-                out += [(r.uid + r.suffix, self._art_attr(r)) for r in self.service.keyless()]
+                out += [(r.uid + r.suffix, self._art_attr(r), r.id) for r in self.service.keyless()]
         elif kind == "dir":
             dirs, arts = self.service.list_dir(obj.id)
-            out += [(d.name, self._dir_attr(d)) for d in dirs]
-            out += [(a.name, self._art_attr(a)) for a in arts]
-            out += [(p.name, self._pending_attr(p)) for p in list(self.pending.values()) if p.dir_id == obj.id]
+            out += [(d.name, self._dir_attr(d), None) for d in dirs]
+            out += [(a.name, self._art_attr(a), a.id) for a in arts]
+            out += [(p.name, self._pending_attr(p), self._pending_owner(p))
+                    for p in list(self.pending.values()) if p.dir_id == obj.id]
             if obj.id == ROOT_DIR_ID:
-                out.append((".lamfs", self._special_attr(LAMFS_DIR_INO)))
+                out.append((".lamfs", self._special_attr(LAMFS_DIR_INO), None))
         elif kind == "art" and obj.is_folder:
             out += self._folder_listing(obj, "")
         elif kind == "folder" and obj[3]:
@@ -479,20 +508,21 @@ class LamfsOperations(pyfuse3.Operations):
         else:
             raise _errno(errno.ENOTDIR, "not a directory")
         out.sort(key=lambda e: e[0])
-        return [(os.fsencode(n), a) for n, a in out]
+        return [(os.fsencode(n), a, aid) for n, a, aid in out]
 
     def _folder_listing(self, rec: ArtifactRecord, rel: str):
         tree = self._folder_tree(rec)
-        return [(name, self._folder_entry(rec, join_key(rel, name), is_dir, size)[1])
+        return [(name, self._folder_entry(rec, join_key(rel, name), is_dir, size)[1], None)
                 for name, (is_dir, size) in sorted(tree.get(rel, {}).items())]
 
     @fuse_errors
     async def readdir(self, fh, start_id, token):
         entries = self.handles[fh].listing  # type: ignore[attr-defined]
         for i in range(start_id, len(entries)):
-            name, attr = entries[i]
+            name, attr, aid = entries[i]
             if not pyfuse3.readdir_reply(token, name, attr, i + 1):
                 break
+            self._held(attr, aid)  # readdirplus: each entry the kernel takes is a lookup
 
     @fuse_errors
     async def releasedir(self, fh):
@@ -511,7 +541,7 @@ class LamfsOperations(pyfuse3.Operations):
             raise AlreadyExists(name)
         rec = self.service.mkdir(join_key(obj.path, name))
         self.service.set_dir_attrs(rec.id, mode=stat.S_IFDIR | (mode & 0o7777))
-        return self._dir_attr(self.service.dir_by_id(rec.id))
+        return self._held(self._dir_attr(self.service.dir_by_id(rec.id)))
 
     @fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
@@ -639,7 +669,7 @@ class LamfsOperations(pyfuse3.Operations):
                 raise AlreadyExists(name)
             state = self._open_writer(existing, truncate=True)
             self.handles[fh] = Handle(ino=art_ino(existing.id), write=state, append=bool(flags & os.O_APPEND))
-            return pyfuse3.FileInfo(fh=fh), self._art_attr(existing)
+            return pyfuse3.FileInfo(fh=fh), self._held(self._art_attr(existing), existing.id)
         with self._state_lock:
             p = self._pending_in(dir_id, name)
             if p is None:
@@ -649,7 +679,7 @@ class LamfsOperations(pyfuse3.Operations):
                 self.pending[p.ino] = p
             p.state.handles += 1
             self.handles[fh] = Handle(ino=p.ino, write=p.state, append=bool(flags & os.O_APPEND))
-            return pyfuse3.FileInfo(fh=fh), self._pending_attr(p)
+            return pyfuse3.FileInfo(fh=fh), self._held(self._pending_attr(p), self._pending_owner(p))
 
     @fuse_errors
     async def open(self, inode, flags, ctx):
@@ -932,7 +962,7 @@ class LamfsOperations(pyfuse3.Operations):
         state.commit_failed = False
         if pending is not None and state.record is not None:
             # the file now has a catalog id: later lookups get its stable inode
-            with self._state_lock:
+            with self._state_lock, self._ino_lock:
                 self.alias[pending.ino] = state.record.id
                 if self.pending.get(pending.ino) is pending:
                     del self.pending[pending.ino]
@@ -1130,10 +1160,11 @@ class LamfsOperations(pyfuse3.Operations):
         else:
             self.service.rename_over(src, dst)
             # the kernel now maps the new name to src's inode: let that inode mean dst from here on
-            for ino, aid in list(self.alias.items()):
-                if aid == src.id:
-                    self.alias[ino] = dst.id
-            self.alias[art_ino(src.id)] = dst.id
+            with self._ino_lock:
+                for ino, aid in list(self.alias.items()):
+                    if aid == src.id:
+                        self.alias[ino] = dst.id
+                self.alias[art_ino(src.id)] = dst.id
             if self.blocks is not None:
                 self.blocks.invalidate(dst.storage_key)
 
@@ -1230,9 +1261,17 @@ class LamfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def forget(self, inode_list):
-        for ino, _nlookup in inode_list:
-            if ino in self.alias and not any(h.ino == ino for h in self.handles.values()):
+        # the kernel drops `n` of its lookups of `ino`; at zero it no longer knows the number (it sends
+        # no request for it again until a lookup hands it out anew): its alias and cache hint can go
+        with self._ino_lock:
+            for ino, n in inode_list:
+                left = self.nlookup.get(ino, 0) - n
+                if left > 0:
+                    self.nlookup[ino] = left
+                    continue
+                self.nlookup.pop(ino, None)
                 self.alias.pop(ino, None)
+                self.last_identity.pop(ino, None)
 
 
 def _errno(code: int, message: str):
