@@ -80,6 +80,35 @@ def test_reader_gets_its_range_before_the_block_is_complete(tmp_path):
     assert src.calls == [(0, B)]
 
 
+def test_reads_across_chunks_are_answered_from_the_chunks_received(tmp_path):
+    """Ranges spanning several odd-sized chunks, inside what has arrived, are answered (exactly)
+    while the rest of the block is still on its way."""
+    src = StreamSource(rand_bytes(B, 7))
+    parked, gate = threading.Event(), threading.Event()
+
+    def stream(key, start, length, etag):  # 1000-byte chunks; parks after 50 of them
+        src.calls.append((start, length))
+        for pos in range(start, start + length, 1000):
+            if pos - start == 50_000:
+                parked.set()
+                assert gate.wait(10), "test gate never opened"
+            yield src.data[pos:min(pos + 1000, start + length)]
+
+    cache = BlockCache(tmp_path / "cache", block_bytes=B, readahead_blocks=0, fetch=src.fetch, fetch_stream=stream)
+    try:
+        assert cache.read(src.obj, 0, 1) == src.data[:1]
+        assert parked.wait(10)
+        for off, n in [(999, 2), (1000, 1000), (1500, 3000), (0, 50_000), (49_999, 1), (12_345, 23_456)]:
+            assert cache.read(src.obj, off, n) == src.data[off:off + n], (off, n)
+        assert not cache.contains(src.obj, 0, 1)  # still streaming: nothing stored yet
+        gate.set()
+        assert cache.read(src.obj, 49_000, B - 49_000) == src.data[49_000:B]
+    finally:
+        gate.set()
+        cache.close()
+    assert src.calls == [(0, B)]
+
+
 def test_concurrent_readers_of_one_block_share_one_fetch(tmp_path):
     src = StreamSource(rand_bytes(B, 2))
     src.gate = threading.Event()

@@ -748,3 +748,22 @@ def test_faulty_storage(tmp_path: Path):
     with pytest.raises(ValueError):
         fs.fail({"no_such_op"})
     assert keys_of(fs.list()) == ["k", "lost-response", "only-this"]
+
+
+@pytest.mark.s3
+def test_s3_warm_up_is_one_get_and_never_raises(make_storage, s3_server):
+    """A mount warms its S3 client with one GET of a missing key (botocore loads GetObject's model
+    and the connection opens, off the first real read); an unreachable endpoint is no error."""
+    st = make_storage("s3")
+    s3_server.reset_stats()
+    st.warm_up()
+    stats = s3_server.stats()
+    assert stats["by_op"] == {"GetObject": 1}, stats["by_op"]
+    assert stats["by_status"].get("404") == 1, stats["by_status"]
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = open_storage(st.root, endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1, connect_timeout_s=1)
+    dead.warm_up()  # returns; the error shows in real requests
+    with pytest.raises(StorageError):
+        dead.head("anything")

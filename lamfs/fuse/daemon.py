@@ -176,6 +176,9 @@ def run_mount(service, mountpoint: str | Path, *, block_cache, staging_dir: Path
         options.add("ro")
     if debug:
         options.add("debug")
+    # the first read then costs what every other one does; in the background, so that an unreachable
+    # storage does not hold the mount up (its errors show in real requests)
+    threading.Thread(target=service.storage.warm_up, name="lamfs-warm-up", daemon=True).start()
     pyfuse3.init(ops, str(mountpoint), options)
     log.info("mounted %s at %s%s", fsname, mountpoint,
              " (read-only)" if read_only else f" (write-back, {write_back.threads} uploaders)" if write_back else "")

@@ -168,6 +168,10 @@ class Storage(ABC):
         """All objects whose key starts with `prefix` (a plain string prefix, recursive), sorted by
         key (code point order, which is also S3's UTF-8 byte order)."""
 
+    def warm_up(self) -> None:
+        """Prepare for a first request without delay (a daemon calls it once at start); best effort,
+        never raises. Nothing to do on local roots."""
+
     def incomplete_uploads(self) -> list[tuple[str, str, int]]:
         """Multipart uploads started and neither completed nor aborted, as (key, upload id,
         initiated ns): the parts are stored (and billed) but no object exists. None on local roots."""
