@@ -794,12 +794,13 @@ def _mount_foreground(args, config, mountpoint: Path, cache_size: int) -> int:
 
     blocks = None
     if not storage.is_local:  # local roots are read in place; only remote bytes need a cache
-        from .cache.blocks import BlockCache
+        from .cache.blocks import MOUNT_FRESH_BLOCKS, BlockCache
 
         # a reader gets the first bytes of a block as they arrive (time to first byte), when the
         # storage can stream a range
         blocks = BlockCache(cache_dir / "blocks", max_bytes=cache_size, fetch=fetch,
-                            fetch_stream=fetch_stream if hasattr(storage, "iter_range") else None)
+                            fetch_stream=fetch_stream if hasattr(storage, "iter_range") else None,
+                            fresh_blocks=MOUNT_FRESH_BLOCKS)
     try:
         run_mount(instance.service, mountpoint, block_cache=blocks, staging_dir=cache_dir / "staging",
                   read_only=args.read_only, allow_other=args.allow_other, debug=args.debug,

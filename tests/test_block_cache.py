@@ -698,3 +698,37 @@ def test_clear_drops_everything_not_pinned(tmp_path):
             cache.clear()
             assert cache.contains(a) and not cache.contains(b, 0, 1)
             assert cache.stats()["used_bytes"] == sum(p.stat().st_size for p in block_files(tmp_path)) == 2 * FULL
+
+
+# ------------------------------------------------------------------ fresh blocks in memory (what the mount uses)
+
+
+def test_fresh_blocks_are_served_from_memory_then_from_their_files(tmp_path):
+    """With fresh_blocks=2 the last two blocks fetched are read back from memory (their files are
+    not even opened: a damaged file goes unnoticed and is not refetched); an older block is read
+    from its file, checked, and refetched when damaged. Invalidation drops the memory copies."""
+    src = Source()
+    obj = src.put("k", rand_bytes(4 * B, 1))
+    with BlockCache(tmp_path, block_bytes=B, readahead_blocks=0, fetch=src.fetch, fresh_blocks=2) as cache:
+        for idx in range(4):  # one block per read: fetched in this order (a multi-block read fetches in parallel)
+            assert cache.read(obj, idx * B, B) == src.data(obj)[idx * B:(idx + 1) * B]
+        assert src.n_calls == 4
+        for idx in range(4):
+            path = expected_block_path(tmp_path, obj, idx)
+            raw = bytearray(path.read_bytes())
+            raw[-1] ^= 0xFF  # damage the payload of every block file
+            path.write_bytes(raw)
+        # blocks 2 and 3 (the last fetched) come from memory: right bytes, no check, no fetch
+        assert cache.read(obj, 2 * B, 2 * B) == src.data(obj)[2 * B:]
+        assert src.n_calls == 4 and cache.stats()["corrupt_blocks"] == 0
+        # block 0 is read from its file: the damage is caught and the block fetched again
+        assert cache.read(obj, 0, B) == src.data(obj)[:B]
+        assert src.n_calls == 5 and cache.stats()["corrupt_blocks"] == 1
+        cache.invalidate("k")  # memory copies go with the blocks
+        assert cache.read(obj, 3 * B, B) == src.data(obj)[3 * B:]
+        assert src.n_calls == 6
+
+
+def test_fresh_blocks_must_not_be_negative(tmp_path):
+    with pytest.raises(ValueError, match="fresh_blocks"):
+        BlockCache(tmp_path, fetch=Source().fetch, fresh_blocks=-1)

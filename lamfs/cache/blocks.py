@@ -90,6 +90,14 @@ trip plus the first chunk, whatever the block size. Everything else is as with `
 fetch per block, a failure reaches every waiter and stores nothing, a short answer is
 ContentChanged, and the block is stored (or streamed from memory) once complete.
 
+Fresh blocks (optional `fresh_blocks`, what the mount uses)
+-----------------------------------------------------------
+The last `fresh_blocks` blocks fetched and stored are also kept in memory and served from there,
+skipping the block file's open, header read and CRC checks: a sequential reader reads each block
+right after the read-ahead stored it. A block read from memory is exactly the bytes fetched; damage
+to its file on disk is caught once the block has left memory. Dropped with the block (eviction,
+invalidate, clear).
+
 Counters
 --------
 `hits`/`misses` count blocks per read() call (a block read from disk or the stream buffer is a
@@ -146,6 +154,10 @@ TOUCH_INTERVAL_NS = 60 * 10**9
 DEFAULT_MAX_BYTES = 10 * 1024**3
 DEFAULT_BLOCK_BYTES = 8 * 1024**2
 STREAM_BUFFER_BLOCKS = 4  # in memory, for blocks that could not be stored (32 MiB at 8 MiB blocks)
+# What the mount keeps in memory of the blocks it fetched last (32 MiB at 8 MiB blocks), see `fresh_blocks`.
+# Measured (cold `cat` of 256 MiB; peak RSS streaming 2 GiB): 0 -> 205 MB/s, 222 MiB; 2 -> 236, 245;
+# 4 -> 250, 304; 10 -> 237, 362
+MOUNT_FRESH_BLOCKS = 4
 
 _MAGIC = b"LAMFSBLK"
 _FIXED = struct.Struct("<8sIIQQQ32s")
@@ -322,9 +334,14 @@ class Pin:
 class BlockCache:
     def __init__(self, root: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  block_bytes: int = DEFAULT_BLOCK_BYTES, readahead_blocks: int = 8, fetch: Fetch,
-                 fetch_stream: FetchStream | None = None):
-        if max_bytes < 0 or block_bytes <= 0 or readahead_blocks < 0:
-            raise ValueError("max_bytes and readahead_blocks must be >= 0, block_bytes > 0")
+                 fetch_stream: FetchStream | None = None, fresh_blocks: int = 0):
+        """fresh_blocks: how many of the blocks fetched (and stored) last to keep in memory as well.
+        A sequential reader trails the read-ahead front by up to `readahead_blocks`; reading each block
+        back from its file (open, header, CRC of every chunk) cost the daemon as much CPU as fetching
+        it (py-spy of a cold `cat`). A block read from memory is the bytes as fetched: a file damaged
+        on disk meanwhile is caught once the block has left memory."""
+        if max_bytes < 0 or block_bytes <= 0 or readahead_blocks < 0 or fresh_blocks < 0:
+            raise ValueError("max_bytes, readahead_blocks and fresh_blocks must be >= 0, block_bytes > 0")
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.block_bytes = block_bytes
@@ -352,6 +369,8 @@ class BlockCache:
         self._prefetching = 0  # pool fetches in progress
         self._seq: LRUCache = LRUCache(maxsize=4096)  # object digest -> (last start, last end, streak)
         self._streamed: LRUCache = LRUCache(maxsize=STREAM_BUFFER_BLOCKS)  # block key -> (key digest, bytes)
+        # stored blocks also in memory: block key -> bytes (dropped with the block: _remove_locked)
+        self._fresh: LRUCache | None = LRUCache(maxsize=fresh_blocks) if fresh_blocks else None
         self._used = 0  # bytes of block files in the index
         self._reserved = 0  # bytes promised to fetches in progress
         self._hits = self._misses = self._bytes_fetched = self._evictions = self._corrupt = 0
@@ -495,9 +514,12 @@ class BlockCache:
         while True:
             with self._lock:
                 block = self._entries.get(bkey)
+                fresh = None
                 if block is not None:
                     if bkey in self._lru:
                         self._lru[bkey]  # touch: most recently used
+                    if self._fresh is not None:
+                        fresh = self._fresh.get(bkey)
                     flight, leader = None, False
                 else:
                     streamed = self._streamed.get(bkey)
@@ -513,6 +535,8 @@ class BlockCache:
                         counted_hit = False
                         self._hits -= 1
                         self._misses += 1
+            if fresh is not None:
+                return _slice(fresh, lo, hi)
             if block is not None:
                 data = self._read_block(block, ident, idx, length, lo, hi)
                 if data is not None:
@@ -645,6 +669,8 @@ class BlockCache:
                     else:
                         self._insert_locked(_Block(ident.obj, ident.key, idx, path, flight.reserved, time.time_ns()))
                         stored = True
+                        if self._fresh is not None:
+                            self._fresh[bkey] = data
             if not stored and not flight.discard and not flight.prefetch:
                 self._streamed[bkey] = (ident.key, data)
             del self._flights[bkey]
@@ -792,6 +818,8 @@ class BlockCache:
             return False
         del self._entries[bkey]
         self._lru.pop(bkey, None)
+        if self._fresh is not None:
+            self._fresh.pop(bkey, None)
         self._used -= block.file_bytes
         # Deleted with the lock held so that a new file renamed into the same path (which also
         # happens with the lock held) can never be the one removed.
