@@ -155,8 +155,8 @@ DEFAULT_MAX_BYTES = 10 * 1024**3
 DEFAULT_BLOCK_BYTES = 8 * 1024**2
 STREAM_BUFFER_BLOCKS = 4  # in memory, for blocks that could not be stored (32 MiB at 8 MiB blocks)
 # What the mount keeps in memory of the blocks it fetched last (32 MiB at 8 MiB blocks), see `fresh_blocks`.
-# Measured (cold `cat` of 256 MiB; peak RSS streaming 2 GiB): 0 -> 205 MB/s, 222 MiB; 2 -> 236, 245;
-# 4 -> 250, 304; 10 -> 237, 362
+# Cold `cat` of 256 MiB, three interleaved rounds of 3: 0 -> 213/202/191 MB/s, 4 -> 261/215/206 (+8% at
+# the median); peak RSS streaming 2 GiB: 0 -> 222 MiB, 2 -> 245, 4 -> 304, 10 -> 362
 MOUNT_FRESH_BLOCKS = 4
 
 _MAGIC = b"LAMFSBLK"
