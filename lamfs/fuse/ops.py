@@ -484,7 +484,7 @@ class LamfsOperations(pyfuse3.Operations):
         self.handles[fh].listing = entries  # type: ignore[attr-defined]
         return fh
 
-    def _listing(self, inode: int) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
+    def _listing(self, inode: int) -> list[tuple[bytes, pyfuse3.EntryAttributes, int | None]]:
         kind, obj = self._resolve(inode)
         # (name, attributes, the artifact the inode stands for: see _held)
         out: list[tuple[str, pyfuse3.EntryAttributes, int | None]] = []
