@@ -27,6 +27,7 @@ from pathlib import Path
 from . import __version__
 from . import instance as inst
 from .errors import AlreadyExists, InstanceError, InvalidKey, LamfsError, NotFound, StorageUnavailable
+from .fuse.writeback import DEFAULT_THREADS as DEFAULT_WRITE_BACK_THREADS
 from .logs import configure_cli_logging
 from .logs import configure_daemon_logging as _configure_daemon_logging
 
@@ -34,7 +35,6 @@ log = logging.getLogger("lamfs")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_CACHE_SIZE = "10G"
-DEFAULT_WRITE_BACK_THREADS = 8
 STATS_FILE = "block-stats.json"  # written by a running mount, read by `lamfs cache stats`
 
 #: S3 client settings for CLI commands (not the mount): an unreachable endpoint fails within

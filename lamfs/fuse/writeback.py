@@ -29,7 +29,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..catalog import ArtifactRecord
 from ..errors import LamfsError, NotFound, StorageError
 
 log = logging.getLogger("lamfs.fuse")
@@ -159,7 +158,7 @@ def recover(service, staging_dir: Path) -> dict:
     """Blocking, before a mount serves: commit the files a dead daemon had accepted in write-back mode
     and not yet committed. Each goes where the user last put it: the artifact it replaced if that is
     still live, else its directory and name (or its key). Failures are logged and kept for next time."""
-    from ..keys import extract_suffix, join_key
+    from ..keys import join_key
 
     done = failed = 0
     for jpath, entry in pending_journals(staging_dir):
@@ -175,8 +174,7 @@ def recover(service, staging_dir: Path) -> dict:
                 except NotFound:
                     current = None
                 if current is not None and not current.is_trashed and current.key is not None:
-                    draft = service.draft_replace(current, staging, suffix=current.suffix)
-                    rec = current if draft is None else service.replace(draft, keep_copy=False)
+                    rec = service.commit_file(staging, over=current, mtime_ns=entry.get("mtime_ns"))
                 elif current is not None and current.is_trashed:
                     log.info("write-back recovery: %s was deleted since it was written; dropped", entry["key"])
                     rec = current
@@ -187,11 +185,7 @@ def recover(service, staging_dir: Path) -> dict:
                         key = join_key(service.dir_by_id(entry["dir_id"]).path, entry["name"])
                     except NotFound:
                         pass
-                name = key.rsplit("/", 1)[-1]
-                result = service.draft(staging, key=key, suffix=extract_suffix(name), dedup_live_only=True)
-                rec = result if isinstance(result, ArtifactRecord) else service.save(result, keep_copy=False)
-            if entry.get("mtime_ns") and not rec.is_trashed and rec.mtime_ns != entry["mtime_ns"]:
-                service.set_attrs(rec, mtime_ns=entry["mtime_ns"])
+                rec = service.commit_file(staging, key=key, mtime_ns=entry.get("mtime_ns"))
         except Exception as exc:  # noqa: BLE001 - keep the bytes and the journal for the next mount
             failed += 1
             log.error("write-back recovery of %s failed, kept at %s for the next mount: %s",

@@ -176,12 +176,11 @@ class ArtifactService:
             cleanup_paths = []
         cleanup_paths += list(cleanup or [])
         content = hash_path(local)
-        for rec in self.catalog.artifacts_by_hash(content.hash, key=key):
-            if dedup_live_only and not (rec.key == key and rec.is_latest and not rec.is_trashed):
+        for rec in self.catalog.artifacts_by_hash(content.hash, key=key):  # at this key only, when given
+            if dedup_live_only and not (rec.is_latest and not rec.is_trashed):
                 continue
-            if key is None or rec.key == key:
-                self._cleanup(cleanup_paths)
-                return rec
+            self._cleanup(cleanup_paths)
+            return rec
         if suffix is None:
             name = key.rsplit("/", 1)[-1] if key is not None else local.name
             suffix = extract_suffix(name) if key is not None else extract_suffix(Path(str(source)).name)
@@ -334,6 +333,29 @@ class ArtifactService:
                 return self._replace(draft, keep_copy, still_locked)
         finally:
             self._cleanup(draft.cleanup)
+
+    def commit_file(self, path: Path, *, over: ArtifactRecord | None = None, key: str | None = None,
+                    mtime_ns: int | None = None) -> ArtifactRecord:
+        """Store a finished local file (a mount's staging copy; moved into storage, not copied): as the
+        new bytes of `over` (a replace; the same bytes change nothing), or else as the file at `key` (a
+        save; an identical live artifact there is reused). `mtime_ns` is the file's modification time,
+        recorded in the same commit. What the mount does on close and write-back recovery does later."""
+        if over is not None:
+            draft = self.draft_replace(over, path, suffix=over.suffix)
+            if draft is not None and mtime_ns:
+                draft.mtime_ns = mtime_ns
+            rec = over if draft is None else self.replace(draft, keep_copy=False)
+        else:
+            result = self.draft(path, key=key, suffix=extract_suffix(key.rsplit("/", 1)[-1]), dedup_live_only=True)
+            if isinstance(result, ArtifactRecord):
+                rec = result
+            else:
+                if mtime_ns:
+                    result.mtime_ns = mtime_ns
+                rec = self.save(result, keep_copy=False)
+        if mtime_ns and rec.mtime_ns != mtime_ns:
+            rec = self.set_attrs(rec, mtime_ns=mtime_ns)
+        return rec
 
     def _replace(self, draft: ReplaceDraft, keep_copy: bool, still_locked=lambda: None) -> ArtifactRecord:
         old = self.refresh(draft.record)

@@ -196,6 +196,9 @@ class FaultyStorage(Storage):
         # The fault fires at call time; iteration itself is the inner backend's.
         return self._run("list", prefix, lambda: self.inner.list(prefix))
 
+    def warm_up(self) -> None:
+        self.inner.warm_up()  # best effort by contract: no fault to inject
+
     def incomplete_uploads(self) -> list[tuple[str, str, int]]:
         return self._run("incomplete_uploads", "", self.inner.incomplete_uploads)
 
