@@ -298,7 +298,9 @@ def cmd_status(args) -> int:
         if config is not None and daemon is not None:
             live = _live_stats(Path(config.cache_dir))
             if live is not None and live.get("pid") == daemon["pid"]:
-                row["block_cache"] = {k: v for k, v in live.items() if k not in ("pid", "updated_ns")}
+                row["block_cache"] = {k: v for k, v in live.items() if k not in ("pid", "updated_ns", "healing")}
+                if "healing" in live:
+                    row["healing"] = live["healing"]
         mounts.append(row)
     instances = []
     for c in configs:
@@ -324,8 +326,10 @@ def cmd_status(args) -> int:
         print(f"  {m['instance']:<20} {m['mountpoint']}  {m['health']}  ({mode}; {daemon})")
         if m["health"] == "disconnected":
             print(f"    the daemon is gone: `lamfs umount --lazy {m['mountpoint']}` cleans up, then mount again")
+        if m.get("healing"):
+            print(f"    healing at start: {m['healing'].get('summary')}")
         bc = m.get("block_cache")
-        if bc:
+        if bc and "max_bytes" in bc:
             print(f"    block cache {human_size(bc.get('used_bytes', 0))} of {human_size(bc.get('max_bytes', 0))}, "
                   f"{bc.get('hits', 0)} hits, {bc.get('misses', 0)} misses")
     return EXIT_FAIL if unhealthy else EXIT_OK

@@ -27,6 +27,20 @@ class NotFound(LamfsError, FileNotFoundError):
     errno = errno.ENOENT
 
 
+class StaleInode(NotFound):
+    """An inode the mount no longer knows (its artifact or directory is gone, or was replaced by another
+    one at the same name): ESTALE, so the kernel looks the name up again instead of failing a
+    name that exists with ENOENT."""
+
+    errno = errno.ESTALE
+
+
+class SourceChanged(LamfsError):
+    """The local file being committed changed during its hashing or upload: nothing was committed."""
+
+    errno = errno.EAGAIN
+
+
 class AlreadyExists(LamfsError, FileExistsError):
     errno = errno.EEXIST
 

@@ -58,6 +58,18 @@ class Mount:
         time.sleep(0.2)
         return self.start(*extra)
 
+    def restart_with_env(self, **env: str) -> "Mount":
+        """Restart with extra variables in the daemon's environment only (test hooks such as
+        LAMFS_CRASH_AT); later starts do not see them."""
+        self.stop()
+        saved = dict(self.env)
+        self.env.update(env)
+        try:
+            return self.start()
+        finally:
+            self.env.clear()
+            self.env.update(saved)
+
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else "(no log)"
 

@@ -199,8 +199,9 @@ def test_failed_close_is_never_committed_later(s3m, s3_server, s3_client):
 
 def test_rename_over_during_a_write_outage_is_atomic(s3m, s3_server, s3_client):
     """A rename over an existing file is one catalog transaction (the target takes over the source's
-    object); the copy to the target's own key comes after. With every PUT and DELETE failing it still
-    succeeds, atomically, and leaves only orphans that fsck removes."""
+    object, with an intent to settle those bytes at its own key); the copy home comes after. With
+    every PUT and DELETE failing it still succeeds, atomically; the settle is left pending, reads
+    work meanwhile, and fsck --repair (or the next start's healing) finishes it."""
     write(s3m.path / "a.csv", (DATA / "iris.csv").read_bytes())
     write(s3m.path / "b.csv", (DATA / "new_iris.csv").read_bytes())
     a, b = lamfs.Artifact.get(key="a.csv"), lamfs.Artifact.get(key="b.csv")
@@ -213,14 +214,18 @@ def test_rename_over_during_a_write_outage_is_atomic(s3m, s3_server, s3_client):
     after = lamfs.Artifact.get(key="b.csv")
     assert (after.uid, after.hash) == (b.uid, a.hash) and after.storage_key == a.storage_key  # a's object, b's row
     assert [x.key for x in lamfs.Artifact.filter()] == ["b.csv"]
-    assert lamfs.settings.service.catalog.intents() == []
-    assert f"faults/{b.storage_key}" in objects(s3_client)  # b's old object: its delete failed, an orphan
+    intents = lamfs.settings.service.catalog.intents()
+    assert [(i.storage_key, i.new_hash) for i in intents] == [(b.storage_key, a.hash)]  # the settle to do
     s3m.stop()
     report = json.loads(lamfs_cli("fsck", "--instance", s3m.instance, "--json", "--min-age", "0", "--hashes",
                                   env=s3m.env, check=False).stdout)
-    assert [(p["kind"], p["storage_key"]) for p in report["problems"]] == [("orphan_object", b.storage_key)]
+    assert [(p["kind"], p["storage_key"], p["action"]) for p in report["problems"]] == [
+        ("pending_intent", b.storage_key, "settle")]
     lamfs_cli("fsck", "--instance", s3m.instance, "--json", "--min-age", "0", "--repair", env=s3m.env)
-    assert objects(s3_client).keys() == {f"faults/{a.storage_key}"}
+    assert objects(s3_client).keys() == {f"faults/{b.storage_key}"}  # a's bytes, at b's own key
+    settled = lamfs.Artifact.get(key="b.csv")
+    assert (settled.storage_key, settled.hash) == (b.storage_key, a.hash)
+    assert lamfs.settings.service.catalog.intents() == []
 
 
 def test_rename_over_settles_on_the_targets_own_key(s3m, s3_client):

@@ -2,11 +2,26 @@
 instance, else the embedded default), plus LaminDB-style creation settings."""
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
 from .. import instance as inst
 from .paths import storage_path
+
+log = logging.getLogger("lamfs")
+
+
+def _healed(instance: inst.Instance) -> inst.Instance:
+    """Finish what a killed process left behind before the notebook sees anything (see
+    service/healing.py); a failure is logged, never fatal: the next connect tries again."""
+    from ..service.healing import heal
+
+    try:
+        heal(instance.service)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("healing at connect failed (the next connect tries again): %s", exc)
+    return instance
 
 
 class CreationSettings:
@@ -52,14 +67,14 @@ class Settings:
     def instance(self) -> inst.Instance:
         with self._lock:
             if self._instance is None:
-                self._instance = inst.Instance(inst.resolve_config(), use_virtual_keys=self._use_virtual_keys)
+                self._instance = _healed(inst.Instance(inst.resolve_config(), use_virtual_keys=self._use_virtual_keys))
             return self._instance
 
     def _connect(self, config: inst.InstanceConfig) -> inst.Instance:
         with self._lock:
             if self._instance is not None:
                 self._instance.close()
-            self._instance = inst.Instance(config, use_virtual_keys=self._use_virtual_keys)
+            self._instance = _healed(inst.Instance(config, use_virtual_keys=self._use_virtual_keys))
             return self._instance
 
     def _disconnect(self) -> None:

@@ -799,10 +799,14 @@ class Catalog:
         I.delete().where(I.id == intent_id).execute()
 
     @read
-    def intents(self) -> list[IntentRecord]:
+    def intents(self, artifact_id: int | None = None) -> list[IntentRecord]:
+        """All intents, or those of one artifact."""
         I = self.m.Intent
+        query = I.select().order_by(I.id)
+        if artifact_id is not None:
+            query = query.where(I.artifact_id == artifact_id)
         return [IntentRecord(r.id, r.artifact_id, r.storage_id, r.storage_key, r.new_hash, r.new_size, _aware(r.created_at))
-                for r in I.select().order_by(I.id)]
+                for r in query]
 
 
 def _postgres_database(parsed) -> pw.Database:

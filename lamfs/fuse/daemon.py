@@ -15,6 +15,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from ..service.healing import heal
 from .ops import LamfsOperations
 from .writeback import WriteBack, recover
 
@@ -65,11 +66,21 @@ def raise_kernel_readahead(mountpoint: str | Path, kb: int = KERNEL_READAHEAD_KB
         log.debug("kernel read-ahead left as it is (%s)", exc)
 
 
+def _heal(service, ops: LamfsOperations) -> None:
+    try:
+        ops.healing = heal(service).to_dict()
+    except Exception as exc:  # noqa: BLE001 - the mount keeps serving; the next start tries again
+        log.warning("healing failed (the next start tries again): %s", exc)
+        ops.healing = {"summary": f"failed: {exc}"}
+
+
 def write_stats(ops: LamfsOperations, path: Path) -> None:
     """Blocking: publish the block cache's counters for `lamfs cache stats` (temp file + rename)."""
     stats = dict(ops.blocks.stats() if ops.blocks is not None else {}, pid=os.getpid(), updated_ns=time.time_ns())
     if ops.write_back is not None:
         stats["write_back"] = ops.write_back.stats()
+    if ops.healing is not None:
+        stats["healing"] = ops.healing
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(stats))
     os.replace(tmp, path)
@@ -116,7 +127,7 @@ async def _serve(ops: LamfsOperations, stats_path: Path | None, mountpoint: Path
                     await trio.to_thread.run_sync(raise_kernel_readahead, mountpoint)
 
             nursery.start_soon(readahead)
-        if stats_path is not None and (ops.blocks is not None or ops.write_back is not None):
+        if stats_path is not None:
             async def publish_stats():
                 while True:
                     await trio.to_thread.run_sync(write_stats, ops, stats_path)
@@ -183,6 +194,10 @@ def run_mount(service, mountpoint: str | Path, *, block_cache, staging_dir: Path
     log.info("mounted %s at %s%s", fsname, mountpoint,
              " (read-only)" if read_only else f" (write-back, {write_back.threads} uploaders)" if write_back else "")
     sd_notify("READY=1")
+    if not read_only:
+        # what a killed process left between two steps: nothing there keeps a file from being read,
+        # so the mount serves at once and this runs beside it
+        threading.Thread(target=_heal, args=(service, ops), name="lamfs-heal", daemon=True).start()
     try:
         trio.run(_serve, ops, stats_path, mountpoint)
     finally:

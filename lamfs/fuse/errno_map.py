@@ -9,7 +9,7 @@ import logging
 
 import pyfuse3
 
-from ..errors import LamfsError
+from ..errors import LamfsError, StaleInode
 
 log = logging.getLogger("lamfs.fuse")
 
@@ -37,7 +37,8 @@ def fuse_errors(handler):
             raise
         except LamfsError as exc:
             code = exc.errno
-            level = logging.DEBUG if code in QUIET else logging.WARNING
+            # a stale inode is a name changed elsewhere: the kernel looks it up again, nothing failed
+            level = logging.DEBUG if code in QUIET or isinstance(exc, StaleInode) else logging.WARNING
             log.log(level, "%s: %s (%s)", name, exc, errno.errorcode.get(code, code))
             raise pyfuse3.FUSEError(code) from None
         except OSError as exc:

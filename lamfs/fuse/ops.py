@@ -38,7 +38,8 @@ import trio
 
 from ..catalog import ROOT_DIR_ID, ArtifactRecord, DirectoryRecord
 from ..errors import (
-    AlreadyExists, ContentChanged, InvalidKey, IsADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly,
+    AlreadyExists, ContentChanged, InvalidKey, IsADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly, SourceChanged,
+    StaleInode,
 )
 from ..keys import RESERVED_TOP, check_name, join_key, validate_key
 from ..storage.local import local_etag
@@ -49,6 +50,7 @@ log = logging.getLogger("lamfs.fuse")
 
 DYN_BASE = 1 << 48
 PIN_ATTEMPTS = 20  # opens of a local object that a concurrent commit keeps moving (see _pin)
+COMMIT_ATTEMPTS = 8  # commits of a staging copy that another handle keeps writing (see WriteState.generation)
 LAMFS_DIR_INO = DYN_BASE + 1
 BY_UID_INO = DYN_BASE + 2
 XATTR_PREFIX = "user.lamfs."
@@ -84,6 +86,15 @@ class WriteState:
     kernel_inos: set = field(default_factory=set)  # the inode numbers the kernel writes this file through
     mtime_ns: int = field(default_factory=time.time_ns)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # bumped by every change of the staging copy. Writers never wait for a commit, so one handle may
+    # write while another's close is hashing and uploading the shared copy: the commit checks, in its
+    # catalog transaction, that nothing changed since it began, and otherwise starts again (found by
+    # the two-mount churn test: a row's hash from one write, its object's bytes from the next)
+    generation: int = 0
+
+    def changed(self) -> None:
+        self.generation += 1
+        self.dirty = True
 
 
 @dataclass
@@ -144,6 +155,7 @@ class LamfsOperations(pyfuse3.Operations):
         self.last_identity: dict[int, str] = {}  # inode -> identity at last open (kernel page cache reuse)
         self.inflight = 0
         self.write_back = write_back
+        self.healing: dict | None = None  # what healing at start did (daemon.py), for `lamfs status`
         self.unmounted = False  # no more kernel notifications (uploads may still finish after unmount)
         self.started_ns = time.time_ns()
         # guards the pending/writers registries and every WriteState.handles count: handlers run in
@@ -267,17 +279,24 @@ class LamfsOperations(pyfuse3.Operations):
             return "pending", p
         if ino in (LAMFS_DIR_INO, BY_UID_INO):
             return "special", ino
-        aid = self.alias.get(ino)  # one read: a FORGET on the loop may drop it at any moment
-        if aid is not None:
-            return "art", self.service.catalog.artifact_by_id(aid)
-        if ino >= DYN_BASE:
-            entry = self.dyn.get(ino)
-            if entry is None:
-                raise NotFound(f"stale inode {ino}")
-            return "folder", entry
-        if ino % 2:
-            return "dir", self.service.dir_by_id((ino + 1) // 2)
-        return "art", self.service.catalog.artifact_by_id(ino // 2)
+        # a kernel entry may outlive what it named (deleted, or renamed over, here or on another
+        # mount): ESTALE, not ENOENT, so the kernel looks the name up again (open(O_CREAT) then creates)
+        try:
+            aid = self.alias.get(ino)  # one read: a FORGET on the loop may drop it at any moment
+            if aid is not None:
+                return "art", self.service.catalog.artifact_by_id(aid)
+            if ino >= DYN_BASE:
+                entry = self.dyn.get(ino)
+                if entry is None:
+                    raise StaleInode(f"stale inode {ino}")
+                return "folder", entry
+            if ino % 2:
+                return "dir", self.service.dir_by_id((ino + 1) // 2)
+            return "art", self.service.catalog.artifact_by_id(ino // 2)
+        except StaleInode:
+            raise
+        except NotFound as exc:
+            raise StaleInode(f"stale inode {ino}: {exc}") from None
 
     def _attr_of(self, kind, obj, ino):
         if kind == "dir":
@@ -441,7 +460,7 @@ class LamfsOperations(pyfuse3.Operations):
                     if state.fd < 0:
                         raise NotFound(f"{obj.name} is gone")
                     os.ftruncate(state.fd, attr.st_size)
-                    state.dirty = True
+                    state.changed()
             if mtime_ns is not None:
                 state.mtime_ns = mtime_ns
             return self._pending_attr(obj)
@@ -451,13 +470,13 @@ class LamfsOperations(pyfuse3.Operations):
                 state = self.writers.get(art_ino(rec.id))
                 if state is not None:
                     os.ftruncate(state.fd, attr.st_size)
-                    state.dirty = True
+                    state.changed()
                     state.mtime_ns = time.time_ns()
             if state is None:  # truncate(2) on a path: a replace right away
                 state = self._open_writer(rec, truncate=attr.st_size == 0, kernel_ino=inode)
                 try:
                     os.ftruncate(state.fd, attr.st_size)
-                    state.dirty = True
+                    state.changed()
                     self._commit(state)
                 finally:
                     self._drop_writer(art_ino(rec.id), state)
@@ -603,6 +622,7 @@ class LamfsOperations(pyfuse3.Operations):
         # _state_lock held
         if truncate:
             os.ftruncate(state.fd, 0)
+            state.generation += 1
         if truncate and (rec.size or os.fstat(state.fd).st_size):
             state.dirty = True
         state.handles += 1
@@ -698,6 +718,7 @@ class LamfsOperations(pyfuse3.Operations):
                     obj.state.handles += 1
                     if flags & os.O_TRUNC:
                         os.ftruncate(obj.state.fd, 0)
+                        obj.state.changed()
                     self.handles[fh] = Handle(ino=inode, write=obj.state, append=bool(flags & os.O_APPEND))
                     return pyfuse3.FileInfo(fh=fh)
                 else:
@@ -714,6 +735,11 @@ class LamfsOperations(pyfuse3.Operations):
         if kind != "art" or obj.is_folder:
             raise IsADirectory("is a directory")
         rec = obj
+        if rec.is_trashed:
+            # reached through a kernel entry older than an rm on another mount (this mount's own rm
+            # drops the entry): the name no longer means this file, and a write would change a file
+            # no name shows. ESTALE: the kernel looks the name up again (and O_CREAT then creates)
+            raise StaleInode(f"{rec.key} was deleted; look it up again")
         if writing:
             if self.read_only:
                 raise ReadOnly("mounted read-only")
@@ -724,7 +750,9 @@ class LamfsOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh)
         with self._state_lock:
             state = self.writers.get(art_ino(rec.id))
-            if state is not None:  # this mount is writing it: read what was written (POSIX within a mount)
+            # this mount is writing it: read what was written (POSIX within a mount) -- unless its close
+            # failed: those bytes were refused, never committed (a reader's close must not commit them)
+            if state is not None and not state.commit_failed:
                 state.handles += 1
                 self.handles[fh] = Handle(ino=art_ino(rec.id), write=state)
                 return pyfuse3.FileInfo(fh=fh, direct_io=True)
@@ -860,7 +888,7 @@ class LamfsOperations(pyfuse3.Operations):
         if handle.append:
             off = os.fstat(state.fd).st_size
         written = os.pwrite(state.fd, buf, off)
-        state.dirty = True
+        state.changed()
         state.commit_failed = False
         state.mtime_ns = time.time_ns()
         return written
@@ -978,11 +1006,19 @@ class LamfsOperations(pyfuse3.Operations):
             if state.record is None and pending is not None:
                 # its directory may have been renamed since the create: the key follows it
                 state.key = join_key(self.service.dir_by_id(pending.dir_id).path, pending.name)
-            over = None if state.record is None else self.service.refresh(state.record)
-            rec = self.service.commit_file(state.path, over=over, key=state.key, mtime_ns=state.mtime_ns)
+            for attempt in range(COMMIT_ATTEMPTS):
+                over = None if state.record is None else self.service.refresh(state.record)
+                generation = state.generation
+                try:
+                    rec = self.service.commit_file(state.path, over=over, key=state.key, mtime_ns=state.mtime_ns,
+                                                   unchanged=lambda g=generation: state.generation == g)
+                    break
+                except SourceChanged:
+                    if attempt == COMMIT_ATTEMPTS - 1:
+                        raise
             state.record = rec
             state.key = rec.key
-            state.dirty = False
+            state.dirty = state.generation != generation  # written again since: a later close commits that
             with self._state_lock:
                 journal, state.journal = state.journal, None
                 deleted_meanwhile = state.unlinked
@@ -1144,18 +1180,16 @@ class LamfsOperations(pyfuse3.Operations):
             return
         if isinstance(dst, DirectoryRecord):
             raise IsADirectory(new)
-        if dst is None:
-            self.service.rename(src, new_key)
-        else:
-            self.service.rename_over(src, dst)
+        moved = self.service.move(src, new_key)  # over whatever file is at new_key by then
+        if moved.id != src.id:  # renamed over another file, which keeps its uid and id
             # the kernel now maps the new name to src's inode: let that inode mean dst from here on
             with self._ino_lock:
                 for ino, aid in list(self.alias.items()):
                     if aid == src.id:
-                        self.alias[ino] = dst.id
-                self.alias[art_ino(src.id)] = dst.id
+                        self.alias[ino] = moved.id
+                self.alias[art_ino(src.id)] = moved.id
             if self.blocks is not None:
-                self.blocks.invalidate(dst.storage_key)
+                self.blocks.invalidate(moved.storage_key)
 
     def _commit_pending_below(self, dir_path: str) -> None:
         """Commit the new files not committed yet (open for writing, or queued in write-back mode) below

@@ -2,14 +2,21 @@
 calls it from worker threads.
 
 Commit ordering, everywhere: new bytes are stored before the catalog commit that points to them;
-old objects are deleted only after the commit that stops referencing them. When new bytes must
-overwrite the object a committed record points to (same storage key), an intent row is committed
-first so that a crash in between can be recovered (fsck), and the old object stays intact if the
-upload fails (S3 PUT and local temp+rename are atomic).
+old objects are deleted only after the commit that stops referencing them. So a row always names an
+object holding exactly its bytes, and a crash at any point leaves the old state or the new one.
+
+A replace never writes over the object its row names. Its bytes go to a fresh *staged* key (under
+STAGED_PREFIX, lamfs's own); one commit switches the row to it and records an intent "these bytes
+belong at K" (K: the artifact's home, `.lamindb/{uid}{suffix}` or its real key). Then the bytes are
+*settled*: copied to K server-side (a hard link on local roots), the row switched to K in a
+compare-and-set commit that also drops the intent, and the staged object deleted. A crash before
+the first commit leaves an unreferenced staged object; after it, a pending settle. Healing
+(service/healing.py) finishes both, with no human step.
 """
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import tempfile
 import time
@@ -18,13 +25,43 @@ from pathlib import Path
 
 from ..cache.copies import CopyCache, Identity, copy_into
 from ..catalog import MAIN_BRANCH, TRASH_BRANCH, ArtifactRecord, Catalog
-from ..errors import AlreadyExists, CatalogBusy, InvalidKey, IsADirectory, NotFound, StorageError
+from ..errors import AlreadyExists, CatalogBusy, InvalidKey, IsADirectory, NotFound, SourceChanged, StorageError
 from ..hashing import ContentHash, hash_path
 from ..keys import AUTO_KEY_PREFIX, extract_suffix, replace_suffix, validate_key
 from ..storage import Storage
 from ..uids import new_uid, next_version_uid
+from .crashpoints import crash_point
 
 log = logging.getLogger("lamfs")
+
+# where a replace uploads its bytes before the commit that makes them the artifact's: lamfs's own
+# prefix, so nothing a crash leaves here is mistaken for a user's file
+STAGED_PREFIX = f"{AUTO_KEY_PREFIX}.lamfs/staged/"
+
+
+def staged_key(uid: str, suffix: str) -> str:
+    """A fresh staged key for new bytes of artifact `uid` (the nonce keeps two writers apart)."""
+    return f"{STAGED_PREFIX}{uid}-{secrets.token_hex(6)}{suffix}"
+
+
+def is_staged(storage_key: str) -> bool:
+    return storage_key.startswith(STAGED_PREFIX)
+
+
+def staged_uid(storage_key: str) -> str | None:
+    """The artifact uid a staged key was made for."""
+    if not is_staged(storage_key):
+        return None
+    return storage_key[len(STAGED_PREFIX):].split("/", 1)[0].split("-", 1)[0] or None
+
+
+# move(): how often a rename looks again at a target that another process created or deleted meanwhile
+MOVE_ATTEMPTS = 8
+
+
+class TargetChanged(NotFound):
+    """The file a rename was about to replace was deleted meanwhile (move() then looks again)."""
+
 
 DATAFRAME_SUFFIXES = {".csv", ".tsv", ".parquet"}
 ANNDATA_SUFFIXES = {".h5ad", ".anndata.zarr"}
@@ -69,6 +106,11 @@ class ReplaceDraft:
     @property
     def old_storage_key(self) -> str | None:
         return self.record.storage_key if self.record.storage_key != self.storage_key else None
+
+
+def _check_unchanged(unchanged) -> None:
+    if unchanged is not None and not unchanged():
+        raise SourceChanged("the file changed while it was being stored; nothing was committed")
 
 
 def infer_otype(source: Path, suffix: str) -> str | None:
@@ -118,7 +160,7 @@ class ArtifactService:
         return self.storage.url(record.storage_key)
 
     def is_auto_managed(self, record: ArtifactRecord) -> bool:
-        return record.storage_key.startswith(AUTO_KEY_PREFIX)
+        return self.home_key(record).startswith(AUTO_KEY_PREFIX)
 
     def refresh(self, record: ArtifactRecord) -> ArtifactRecord:
         return self.catalog.artifact_by_id(record.id)
@@ -218,23 +260,40 @@ class ArtifactService:
         self._download(storage_key, target, is_folder=None)
         return target, [tmpdir]
 
-    def save(self, draft: Draft, *, keep_copy: bool = True, progress=None) -> ArtifactRecord:
-        """`progress(bytes_done_total)` is called as the upload proceeds (CLI progress bars)."""
+    def save(self, draft: Draft, *, keep_copy: bool = True, progress=None, unchanged=None) -> ArtifactRecord:
+        """`progress(bytes_done_total)` is called as the upload proceeds (CLI progress bars).
+        `unchanged()`, if given, is asked inside the commit whether the source is still what was hashed
+        and uploaded (the mount's staging copy may be written meanwhile): if not, SourceChanged and
+        nothing is committed."""
         try:
-            return self._save(draft, keep_copy, progress)
+            return self._save(draft, keep_copy, progress, unchanged)
         finally:
             self._cleanup(draft.cleanup)
 
-    def _save(self, draft: Draft, keep_copy: bool, progress=None) -> ArtifactRecord:
+    def _save(self, draft: Draft, keep_copy: bool, progress=None, unchanged=None) -> ArtifactRecord:
         is_folder = draft.source.is_dir()
+        intent_id = None
         if not draft.in_place:
             if not draft.key_is_virtual and draft.key is not None:
                 self._refuse_unregistered_object(draft.storage_key, is_folder)
-            files, etag = self._upload_with_etag(draft.source, draft.storage_key, progress)
+            # an intent with no artifact marks the upload as ours until its commit: a crash in between
+            # leaves an object healing can tell from a user's file (and delete once it is old enough
+            # that no live writer can still commit it)
+            intent_id = self.catalog.retrying(
+                self.catalog.add_intent, artifact_id=None, storage_id=self.storage_id, storage_key=draft.storage_key,
+                new_hash=draft.content.hash, new_size=draft.content.size)
+            try:
+                files, etag = self._upload_with_etag(draft.source, draft.storage_key, progress)
+            except BaseException:
+                self.delete_object(draft.storage_key, is_folder)
+                self.catalog.retrying(self.catalog.remove_intent, intent_id)
+                raise
+            crash_point("create.uploaded")
         else:
             files, etag = (self._manifest(draft.source) if is_folder else []), None
 
         def commit() -> ArtifactRecord:
+            _check_unchanged(unchanged)
             if draft.revises is not None:
                 for version in self.catalog.versions(draft.revises.stem_uid):
                     if version.is_latest:
@@ -249,13 +308,19 @@ class ArtifactService:
             )
             if is_folder:
                 self.catalog.set_folder_files(rec.id, files)
+            if intent_id is not None:
+                self.catalog.remove_intent(intent_id)
             return rec
 
         try:
             record = self.catalog.retrying(commit)
         except BaseException:
             if not draft.in_place:
-                self._delete_object(draft.storage_key, is_folder)  # ours, never referenced
+                self.delete_object(draft.storage_key, is_folder)  # ours, never referenced
+                try:
+                    self.catalog.retrying(self.catalog.remove_intent, intent_id)
+                except CatalogBusy:
+                    pass  # healing drops it later
             raise
         log.info("saved %s (%s, %d bytes)", record.key or record.uid, record.uid, record.size)
         if keep_copy:
@@ -301,14 +366,12 @@ class ArtifactService:
             self._cleanup(cleanup)
             return None
         new_suffix = extract_suffix(local.name) if suffix is None else suffix
-        key, storage_key, message = record.key, record.storage_key, None
+        key, storage_key, message = record.key, self.home_key(record), None
         if new_suffix != record.suffix:
             if key is not None:
                 key = replace_suffix(key, record.suffix, new_suffix)
-            if self.is_auto_managed(record):
-                storage_key = f"{AUTO_KEY_PREFIX}{record.uid}{new_suffix}"
-            else:
-                storage_key = replace_suffix(record.storage_key, record.suffix, new_suffix)
+            storage_key = self._home_with_suffix(record, new_suffix)
+            if not self.is_auto_managed(record):
                 if record.key_is_virtual and record.key is not None:
                     message = (
                         f"replacing the file will replace key '{record.key}' with '{key}', _real_key "
@@ -325,26 +388,29 @@ class ArtifactService:
             n_observations=n_observations if n_observations is not None else record.n_observations, cleanup=cleanup,
         )
 
-    def replace(self, draft: ReplaceDraft, *, keep_copy: bool = True) -> ArtifactRecord:
+    def replace(self, draft: ReplaceDraft, *, keep_copy: bool = True, unchanged=None) -> ArtifactRecord:
+        """`unchanged`: as in save()."""
         try:
             # one writer of this artifact's object at a time, also across mounts sharing the catalog:
             # otherwise two uploads to one storage key can leave the object and the row disagreeing
             with self.catalog.write_lock(draft.record.id) as still_locked:
-                return self._replace(draft, keep_copy, still_locked)
+                return self._replace(draft, keep_copy, still_locked, unchanged)
         finally:
             self._cleanup(draft.cleanup)
 
     def commit_file(self, path: Path, *, over: ArtifactRecord | None = None, key: str | None = None,
-                    mtime_ns: int | None = None) -> ArtifactRecord:
+                    mtime_ns: int | None = None, unchanged=None) -> ArtifactRecord:
         """Store a finished local file (a mount's staging copy; moved into storage, not copied): as the
         new bytes of `over` (a replace; the same bytes change nothing), or else as the file at `key` (a
         save; an identical live artifact there is reused). `mtime_ns` is the file's modification time,
-        recorded in the same commit. What the mount does on close and write-back recovery does later."""
+        recorded in the same commit; `unchanged` as in save(). What the mount does on close and write-back
+        recovery does later."""
+        if over is None:
+            # another mount may have created this file since ours was opened: then this close replaces
+            # it (last commit wins, as between two replaces) instead of failing or forking a version
+            over = self._live_file_at(key)
         if over is not None:
-            draft = self.draft_replace(over, path, suffix=over.suffix)
-            if draft is not None and mtime_ns:
-                draft.mtime_ns = mtime_ns
-            rec = over if draft is None else self.replace(draft, keep_copy=False)
+            rec = self._replace_file(path, over, mtime_ns, unchanged)
         else:
             result = self.draft(path, key=key, suffix=extract_suffix(key.rsplit("/", 1)[-1]), dedup_live_only=True)
             if isinstance(result, ArtifactRecord):
@@ -352,70 +418,158 @@ class ArtifactService:
             else:
                 if mtime_ns:
                     result.mtime_ns = mtime_ns
-                rec = self.save(result, keep_copy=False)
+                try:
+                    rec = self.save(result, keep_copy=False, unchanged=unchanged)
+                except AlreadyExists:  # lost the race by a hair: the winner's row is there now
+                    over = self._live_file_at(key)
+                    if over is None:
+                        raise
+                    rec = self._replace_file(path, over, mtime_ns, unchanged)
         if mtime_ns and rec.mtime_ns != mtime_ns:
             rec = self.set_attrs(rec, mtime_ns=mtime_ns)
         return rec
 
-    def _replace(self, draft: ReplaceDraft, keep_copy: bool, still_locked=lambda: None) -> ArtifactRecord:
-        old = self.refresh(draft.record)
+    def _home_with_suffix(self, record: ArtifactRecord, suffix: str) -> str:
+        """The home key `record`'s bytes get when a replace changes its suffix to `suffix`."""
+        if self.is_auto_managed(record):
+            return f"{AUTO_KEY_PREFIX}{record.uid}{suffix}"
+        return replace_suffix(self.home_key(record), record.suffix, suffix)
+
+    def _live_file_at(self, key: str | None) -> ArtifactRecord | None:
+        rec = self.catalog.artifact_by_key(key) if key is not None else None
+        return rec if rec is not None and not rec.is_folder else None
+
+    def _replace_file(self, path: Path, over: ArtifactRecord, mtime_ns: int | None, unchanged=None) -> ArtifactRecord:
+        draft = self.draft_replace(over, path, suffix=over.suffix)
+        if draft is None:
+            return over
+        if mtime_ns:
+            draft.mtime_ns = mtime_ns
+        return self.replace(draft, keep_copy=False, unchanged=unchanged)
+
+    def _replace(self, draft: ReplaceDraft, keep_copy: bool, still_locked=lambda: None, unchanged=None) -> ArtifactRecord:
+        old = self.settle_locked(draft.record.id, still_locked)  # a pending settle first: one home at a time
         is_folder = old.is_folder
-        if draft.old_storage_key is not None:
-            owner = self.catalog.artifact_by_storage_key(self.storage_id, draft.storage_key)
+        old_home = self.home_key(old)
+        # where the new bytes belong once settled, from the row as it is now that we hold the lock (the
+        # draft's view may predate a concurrent rename over this file, which changed the row's object)
+        home = old_home if draft.suffix == old.suffix else self._home_with_suffix(old, draft.suffix)
+        if home != old_home:  # a suffix change: the artifact gets a new home
+            owner = self.catalog.artifact_by_storage_key(self.storage_id, home)
             if owner is not None and owner.id != old.id:
-                raise AlreadyExists(f"storage key {draft.storage_key!r} belongs to artifact {owner.uid}")
+                raise AlreadyExists(f"storage key {home!r} belongs to artifact {owner.uid}")
             if not old.key_is_virtual or not self.is_auto_managed(old):
-                self._refuse_unregistered_object(draft.storage_key, is_folder)
+                self._refuse_unregistered_object(home, is_folder)
         if draft.key is not None and draft.key != old.key:
             other = self.catalog.artifact_by_key(draft.key)
             if other is not None and other.id != old.id:
                 raise AlreadyExists(f"an artifact already exists at {draft.key!r}")
-        intent_id = None
-        if draft.old_storage_key is None:
-            # overwriting the committed object in place: record the intent first (crash recovery)
-            intent_id = self.catalog.retrying(
-                self.catalog.add_intent, artifact_id=old.id, storage_id=self.storage_id,
-                storage_key=draft.storage_key, new_hash=draft.content.hash, new_size=draft.content.size,
-            )
+        staged = staged_key(old.uid, draft.suffix)
         try:
-            files, etag = self._upload_with_etag(draft.source, draft.storage_key)
+            files, etag = self._upload_with_etag(draft.source, staged)
         except BaseException:
-            if intent_id is not None:
-                self.catalog.retrying(self.catalog.remove_intent, intent_id)
+            self.delete_object(staged, is_folder)  # a partial upload no row references
             raise
+        crash_point("replace.uploaded")
 
         def commit() -> ArtifactRecord:
             still_locked()
+            _check_unchanged(unchanged)
             rec = self.catalog.update_artifact(
                 old.id, key=draft.key, suffix=draft.suffix, size=draft.content.size, hash=draft.content.hash,
-                hash_type=draft.content.hash_type, n_files=draft.content.n_files, storage_key=draft.storage_key,
-                storage_etag=None if is_folder else (etag or self._etag(draft.storage_key)), kind=draft.kind,
+                hash_type=draft.content.hash_type, n_files=draft.content.n_files, storage_key=staged,
+                storage_etag=None if is_folder else (etag or self._etag(staged)), kind=draft.kind,
                 otype=draft.otype, n_observations=draft.n_observations,
                 mtime_ns=draft.mtime_ns or time.time_ns(),
             )
             if is_folder:
                 self.catalog.set_folder_files(rec.id, files)
-            if intent_id is not None:
-                self.catalog.remove_intent(intent_id)
+            self.catalog.add_intent(artifact_id=old.id, storage_id=self.storage_id, storage_key=home,
+                                    new_hash=draft.content.hash, new_size=draft.content.size)
             return rec
 
         try:
+            crash_point("replace.commit")
             record = self.catalog.retrying(commit)
         except BaseException:
-            if draft.old_storage_key is not None:
-                self._delete_object(draft.storage_key, is_folder)
+            self.delete_object(staged, is_folder)  # never committed: the old row and object stand
             raise
-        # only now, with the commit done, may the old bytes go
-        if draft.old_storage_key is not None:
-            self._delete_object(draft.old_storage_key, is_folder)
-        elif is_folder:
-            self._delete_stale_folder_files(draft.storage_key, {p for p, _ in files})
+        crash_point("replace.committed")
+        # the row no longer names the old home when the suffix changed: its bytes may go now
+        if home != old_home:
+            self.delete_object(old.storage_key, is_folder)
+        record = self._settle_quietly(record.id, still_locked)
         had_copy = not self.storage.is_local and self.copies.exists(self.cache_rel(record))
         self._drop_cache(old)
         if keep_copy:
             self._cache_after_save(record, draft.source, existed=had_copy)
         log.info("replaced %s (%s): %d bytes, hash %s", record.key or record.uid, record.uid, record.size, record.hash)
         return record
+
+    # -- settling: bytes committed elsewhere move to their home key -------------------------------
+
+    def home_key(self, record: ArtifactRecord) -> str:
+        """Where `record`'s bytes belong: its storage key, or, while a settle is pending, the key
+        its intent names."""
+        for intent in self.catalog.intents(record.id):
+            if intent.storage_key != record.storage_key and intent.new_hash == record.hash:
+                return intent.storage_key
+        if is_staged(record.storage_key):  # no intent (removed by hand?): the auto-managed home
+            return f"{AUTO_KEY_PREFIX}{record.uid}{record.suffix}"
+        return record.storage_key
+
+    def settle(self, record: ArtifactRecord) -> ArtifactRecord:
+        """Finish a pending settle of `record` (nothing if none is pending), under its write lock."""
+        if not self.catalog.intents(record.id):
+            return self.refresh(record)
+        with self.catalog.write_lock(record.id) as still_locked:
+            return self.settle_locked(record.id, still_locked)
+
+    def _settle_quietly(self, artifact_id: int, still_locked) -> ArtifactRecord:
+        """Settle right after a commit the caller has been promised: a failure leaves the settle
+        pending (healing finishes it), never an error for an operation that did commit."""
+        try:
+            return self.settle_locked(artifact_id, still_locked)
+        except (StorageError, CatalogBusy, OSError) as exc:
+            log.warning("the bytes of artifact #%d stay at their staged key for now (healed later): %s",
+                        artifact_id, exc)
+            return self.catalog.artifact_by_id(artifact_id)
+
+    def settle_locked(self, artifact_id: int, still_locked=lambda: None) -> ArtifactRecord:
+        """The caller holds the artifact's write lock. Copies the row's object to the key its intent
+        names, switches the row there (compare-and-set: only if the row still names the object
+        copied), drops the intent, deletes the former object. Idempotent: a crash anywhere in it
+        is finished by running it again."""
+        rec = self.catalog.artifact_by_id(artifact_id)
+        intents = self.catalog.intents(rec.id)
+        settle_to = [i for i in intents if i.storage_key != rec.storage_key and i.new_hash == rec.hash]
+        if not settle_to:
+            done = [i.id for i in intents if i.storage_key == rec.storage_key and i.new_hash == rec.hash]
+            if done:  # committed and settled; only the intents were left
+                self.catalog.retrying(lambda: [self.catalog.remove_intent(i) for i in done])
+            return rec
+        source, home = rec.storage_key, settle_to[-1].storage_key
+        self._copy_object(source, home, rec.is_folder)
+        crash_point("settle.copied")
+        etag = None if rec.is_folder else self._etag(home)
+
+        def commit() -> ArtifactRecord:
+            still_locked()
+            cur = self.catalog.artifact_by_id(rec.id)
+            if cur.storage_key != source or cur.hash != rec.hash:
+                return cur  # changed meanwhile (cannot happen under the lock; never trust it blindly)
+            for intent in intents:
+                self.catalog.remove_intent(intent.id)
+            return self.catalog.update_artifact(rec.id, storage_key=home, storage_etag=etag)
+
+        settled = self.catalog.retrying(commit)
+        crash_point("settle.committed")
+        if settled.storage_key == home:
+            self.delete_object(source, rec.is_folder)
+            if rec.is_folder:
+                self._delete_stale_folder_files(home, {f.path for f in self.catalog.folder_files(rec.id)})
+            log.debug("settled %s (%s) at %s", rec.key or rec.uid, rec.uid, home)
+        return settled
 
     # -- deleting ------------------------------------------------------------------------------
 
@@ -431,6 +585,8 @@ class ArtifactService:
         """Trash, or (permanent) remove the record and, for auto-managed keys or storage=True, the
         object. Returns the URL of an object left in place, if any."""
         record = self.refresh(record)
+        if permanent or record.is_trashed:
+            record = self.settle(record)  # its bytes at their home, so the right object goes
         if not permanent and not record.is_trashed:
             self.trash(record)
             log.info("moved %s (%s) to trash", record.key or record.uid, record.uid)
@@ -438,6 +594,8 @@ class ArtifactService:
         delete_object = storage if storage is not None else self.is_auto_managed(record)
 
         def commit() -> None:
+            for intent in self.catalog.intents(record.id):
+                self.catalog.remove_intent(intent.id)
             self.catalog.delete_artifact(record.id)
             if record.is_latest:
                 rest = [v for v in self.catalog.versions(record.stem_uid) if v.id != record.id]
@@ -448,7 +606,7 @@ class ArtifactService:
         log.info("deleted %s (%s) permanently", record.key or record.uid, record.uid)
         self._drop_cache(record)
         if delete_object:
-            self._delete_object(record.storage_key, record.is_folder)
+            self.delete_object(record.storage_key, record.is_folder)
             return None
         url = self.storage.url(record.storage_key)
         log.info("a file/folder remains here: %s", url)
@@ -459,7 +617,7 @@ class ArtifactService:
     def rename(self, record: ArtifactRecord, new_key: str) -> ArtifactRecord:
         """Key change. Virtual keys: catalog only; real keys (or a suffix change): the object moves."""
         validate_key(new_key)
-        record = self.refresh(record)
+        record = self.settle(record)  # a pending settle would move the bytes back to the old key
         new_suffix = extract_suffix(new_key.rsplit("/", 1)[-1])
         real = not record.key_is_virtual and record.key is not None and record.storage_key == record.key
         if real:
@@ -481,73 +639,61 @@ class ArtifactService:
             updated = self.catalog.retrying(self.catalog.update_artifact, record.id, **fields)
         except BaseException:
             if moves:
-                self._delete_object(new_storage_key, record.is_folder)
+                self.delete_object(new_storage_key, record.is_folder)
             raise
         if moves:
-            self._delete_object(record.storage_key, record.is_folder)
+            self.delete_object(record.storage_key, record.is_folder)
         log.info("renamed %s -> %s (%s)%s", record.key, new_key, record.uid, " (object moved)" if moves else "")
         return updated
+
+    def move(self, src: ArtifactRecord, new_key: str) -> ArtifactRecord:
+        """rename(2) of a file: to `new_key`, over whichever file is there when it commits. Another
+        process (another mount) may create or delete the target between our look and our commit;
+        then we look again, so rename(2) never fails for a target that came or went meanwhile.
+        Returns the record now at `new_key`."""
+        for _attempt in range(MOVE_ATTEMPTS):
+            dst = self.catalog.artifact_by_key(new_key)
+            if dst is not None and dst.id == src.id:
+                return dst
+            if dst is not None and dst.is_folder != src.is_folder:
+                raise IsADirectory(f"{new_key} is a {'folder' if dst.is_folder else 'file'}")
+            try:
+                return self.rename(src, new_key) if dst is None else self.rename_over(src, dst)
+            except TargetChanged:
+                continue
+            except AlreadyExists:
+                if dst is not None:
+                    raise
+                continue  # a file appeared at new_key: rename over it
+        raise AlreadyExists(f"{new_key!r} kept changing while renaming {src.key!r} onto it")
 
     def rename_over(self, src: ArtifactRecord, dst: ArtifactRecord) -> ArtifactRecord:
         """`mv src dst` with dst existing: dst is replaced by src's bytes (uid of dst kept, as editors and
         rsync expect), src's record goes away. Bytes are copied server-side, never through this host."""
+        src = self.settle(src)
         with self.catalog.write_lock(dst.id) as still_locked:  # dst's object is rewritten: as in replace()
             return self._rename_over(src, dst, still_locked)
 
     def _rename_over(self, src: ArtifactRecord, dst: ArtifactRecord, still_locked) -> ArtifactRecord:
-        src, dst = self.refresh(src), self.refresh(dst)
+        """Atomic: ONE catalog transaction gives dst src's object (and size, hash, mtime, mode), records
+        the intent to settle those bytes at dst's home, and removes src's record. No bytes move before
+        it, so a crash leaves the old state or the new one, never dst rewritten while src still
+        exists. Then the bytes are settled (see the module docstring)."""
+        try:
+            dst = self.settle_locked(dst.id, still_locked)
+        except NotFound:
+            raise TargetChanged(f"{dst.key!r} was deleted meanwhile") from None
+        if dst.is_trashed:  # deleted meanwhile (by another mount): nothing to rename over any more
+            raise TargetChanged(f"{dst.key!r} was deleted meanwhile")
+        src = self.refresh(src)
         if src.id == dst.id:
             return dst
         if src.is_folder != dst.is_folder:
             raise IsADirectory("It is not allowed to replace a folder with a file." if dst.is_folder
                                else "It is not allowed to replace a file with a folder.")
-        if self.is_auto_managed(dst):
-            return self._rename_over_atomic(src, dst, still_locked)
-        # dst at a real key or a registered path: its object must stay at that path, so src's bytes are
-        # copied over it under an intent (a crash in between is rolled forward by fsck)
-        suffix = dst.suffix
-        if self.is_auto_managed(dst):
-            storage_key = f"{AUTO_KEY_PREFIX}{dst.uid}{suffix}"
-        else:
-            storage_key = dst.storage_key
-        intent_id = self.catalog.retrying(
-            self.catalog.add_intent, artifact_id=dst.id, storage_id=self.storage_id, storage_key=storage_key,
-            new_hash=src.hash, new_size=src.size)
-        try:
-            self._copy_object(src.storage_key, storage_key, src.is_folder)
-        except BaseException:
-            self.catalog.retrying(self.catalog.remove_intent, intent_id)
-            raise
-
-        def commit() -> ArtifactRecord:
-            still_locked()
-            self.catalog.delete_artifact(src.id)
-            rec = self.catalog.update_artifact(
-                dst.id, size=src.size, hash=src.hash, hash_type=src.hash_type, n_files=src.n_files,
-                storage_key=storage_key, storage_etag=None if src.is_folder else self._etag(storage_key),
-                mtime_ns=src.mtime_ns, mode=src.mode)
-            if src.is_folder:
-                self.catalog.set_folder_files(rec.id, [(f.path, f.size) for f in self.catalog.folder_files(src.id)])
-            self.catalog.remove_intent(intent_id)
-            return rec
-
-        record = self.catalog.retrying(commit)
-        if src.storage_key != storage_key:  # a move: the bytes now live at dst's key
-            self._delete_object(src.storage_key, src.is_folder)
-        self._drop_cache(src)
-        self._drop_cache(dst)
-        log.info("renamed %s over %s (%s now has the bytes of %s)", src.key, dst.key, dst.uid, src.uid)
-        return record
-
-    def _rename_over_atomic(self, src: ArtifactRecord, dst: ArtifactRecord, still_locked) -> ArtifactRecord:
-        """rename-over for an auto-managed dst, atomic: ONE catalog transaction gives dst src's object (and
-        size, hash, mtime, mode) and removes src's record — no bytes move before it, so a crash leaves
-        the old state or the new one, never dst rewritten while src still exists (copying src's bytes
-        over dst's object first could only be rolled forward after a crash, leaving both names). Then,
-        best effort, the bytes are copied to dst's own key `.lamindb/{uid}{suffix}` and the row follows
-        in a compare-and-set commit; a failure or crash there leaves dst on src's object (consistent)
-        and at worst an orphan for fsck."""
         old_key, folder = dst.storage_key, dst.is_folder
+        # dst's bytes belong at its own key: `.lamindb/{uid}{suffix}`, or the path of a real key
+        home = f"{AUTO_KEY_PREFIX}{dst.uid}{dst.suffix}" if self.is_auto_managed(dst) else dst.storage_key
 
         def commit() -> ArtifactRecord:
             still_locked()
@@ -559,45 +705,19 @@ class ArtifactService:
                 storage_key=cur.storage_key, storage_etag=cur.storage_etag, mtime_ns=cur.mtime_ns, mode=cur.mode)
             if files is not None:
                 self.catalog.set_folder_files(rec.id, files)
+            if cur.storage_key != home:
+                self.catalog.add_intent(artifact_id=dst.id, storage_id=self.storage_id, storage_key=home,
+                                        new_hash=cur.hash, new_size=cur.size)
             return rec
 
         record = self.catalog.retrying(commit)
+        crash_point("rename_over.committed")
         self._drop_cache(src)
         self._drop_cache(dst)
         log.info("renamed %s over %s (%s now has the bytes of %s)", src.key, dst.key, dst.uid, src.uid)
-        if old_key != record.storage_key:
-            self._delete_object(old_key, folder)  # dst's previous bytes: unreferenced since the commit
-        canonical = f"{AUTO_KEY_PREFIX}{dst.uid}{dst.suffix}"
-        moved_from = record.storage_key
-        if moved_from == canonical:
-            return record
-
-        def settle() -> ArtifactRecord | None:
-            still_locked()
-            cur = self.catalog.artifact_by_id(dst.id)
-            if cur.storage_key != moved_from or cur.hash != record.hash:
-                return None  # changed meanwhile: the copy is not what the row describes
-            return self.catalog.update_artifact(
-                dst.id, storage_key=canonical, storage_etag=None if folder else self._etag(canonical))
-
-        try:
-            self._copy_object(moved_from, canonical, folder)
-        except StorageError as exc:
-            log.warning("renamed %s over %s; its bytes stay at %s for now: %s", src.key, dst.key,
-                        self.storage.url(moved_from), exc)
-            self._delete_object(canonical, folder)  # a partial copy no row references
-            return record
-        try:
-            settled = self.catalog.retrying(settle)
-        except CatalogBusy as exc:  # committed or not: whichever object the row does not use is an orphan
-            log.warning("renamed %s over %s; moving its bytes to %s: %s (fsck removes the leftover)", src.key,
-                        dst.key, self.storage.url(canonical), exc)
-            return record
-        if settled is None:
-            self._delete_object(canonical, folder)  # a copy no row references
-            return record
-        self._delete_object(moved_from, folder)
-        return settled
+        if old_key not in (home, record.storage_key):
+            self.delete_object(old_key, folder)  # dst's previous bytes elsewhere: unreferenced since the commit
+        return self._settle_quietly(dst.id, still_locked)
 
     def rename_dir(self, old_path: str, new_path: str) -> int:
         """Move a directory and every key below it in one catalog transaction. Artifacts stored at
@@ -612,6 +732,7 @@ class ArtifactService:
         # virtual keys, the default, then costs no record loads at all)
         below = self.catalog.filter_artifacts(key_prefix=old_path + "/", include_trashed=True, latest_only=False,
                                               key_is_virtual=False)
+        below = [self.settle(r) for r in below]  # bytes at their home before the home moves
         real = [r for r in below if not r.key_is_virtual and r.storage_key == r.key]
         moved: list[tuple[ArtifactRecord, str]] = []
         try:
@@ -622,7 +743,7 @@ class ArtifactService:
                 moved.append((rec, new_key))
         except BaseException:
             for rec, new_key in moved:
-                self._delete_object(new_key, rec.is_folder)
+                self.delete_object(new_key, rec.is_folder)
             raise
         parent, name = (new_path.rsplit("/", 1) if "/" in new_path else ("", new_path))
 
@@ -642,10 +763,10 @@ class ArtifactService:
             changed = self.catalog.retrying(commit)
         except BaseException:
             for rec, new_key in moved:
-                self._delete_object(new_key, rec.is_folder)
+                self.delete_object(new_key, rec.is_folder)
             raise
         for rec, _new_key in moved:
-            self._delete_object(rec.storage_key, rec.is_folder)
+            self.delete_object(rec.storage_key, rec.is_folder)
         log.info("renamed directory %s -> %s (%d keys)", old_path, new_path, changed)
         return changed
 
@@ -800,7 +921,7 @@ class ArtifactService:
         for info in list(self.storage.list(prefix)):
             self.storage.copy(info.key, dst + "/" + info.key[len(prefix):])
 
-    def _delete_object(self, storage_key: str, is_folder: bool) -> None:
+    def delete_object(self, storage_key: str, is_folder: bool) -> None:
         try:
             if is_folder:
                 self.storage.delete_many([i.key for i in self.storage.list(storage_key + "/")])

@@ -10,12 +10,14 @@ Role: the logic of `lamfs fsck`. It finds
   interrupted local writes;
 - S3 multipart uploads never completed nor aborted (a process killed mid-upload of a large file):
   parts that use storage but are no object;
-- pending intents: write-ahead rows left by a crash between an upload and its commit.
+- pending intents: bytes committed at a staged key (or at a renamed-over file's object) and not
+  yet settled at their home key, and write-ahead rows left by older lamfs versions that
+  uploaded over the live object.
 
 `repair=True` fixes only what is safe: deletes orphans and stale temp files, aborts stale incomplete
 uploads (unregistered objects
-only with `delete_unregistered=True`), resolves intents (the object at the intent's key has the
-intent's hash and size → the row is rolled forward; otherwise the intent is dropped), and, when
+only with `delete_unregistered=True`), resolves intents (a pending settle is finished; an old-style
+intent whose object has its hash and size rolls the row forward, otherwise it is dropped), and, when
 the bytes were rehashed and match, records an object's new etag. It never deletes a catalog row
 or an object a row references: those problems are reported for the user to decide.
 
@@ -64,6 +66,7 @@ DELETE = "delete"
 ABORT = "abort"
 ROLL_FORWARD = "roll forward"
 DROP_INTENT = "drop intent"
+SETTLE = "settle"
 REFRESH_ETAG = "refresh etag"
 
 
@@ -183,8 +186,14 @@ class _Fsck:
         except NotFound:
             rec = None
         where = f"intent #{intent.id} for {intent.storage_key}"
+        if intent.artifact_id is None:
+            return None, DROP_INTENT, (f"{where}: the upload of a new file, not committed (killed, or still "
+                                       f"uploading); its object is an orphan once the intent is dropped"), None
         if rec is None:
             return None, DROP_INTENT, f"{where}: its artifact no longer exists", None
+        if rec.storage_key != intent.storage_key and (rec.hash, rec.size) == (intent.new_hash, intent.new_size):
+            return rec, SETTLE, (f"{where}: the bytes are committed at {rec.storage_key} and still to be moved "
+                                 f"to their home (healing does this by itself)"), None
         try:
             content = self._content_at(intent.storage_key, rec.is_folder)
         except ContentChanged:
@@ -229,6 +238,10 @@ class _Fsck:
                 return
             rec, action, _detail, content = self._decide_intent(intent)
             problem.action = action
+            if action == SETTLE:
+                self.service.settle_locked(rec.id)
+                log.info("fsck: settled %s at %s", rec.key or rec.uid, intent.storage_key)
+                return
             folder_files = None
             etag = None
             if action == ROLL_FORWARD:
@@ -527,3 +540,13 @@ def fsck(service: ArtifactService, *, repair: bool = False, hashes: bool = False
     See the module docstring for what is found and what `repair` does."""
     return _Fsck(service, repair=repair, hashes=hashes, min_age_s=min_age_s,
                  delete_unregistered=delete_unregistered, now=now).run()
+
+
+def resolve_intent(service: ArtifactService, intent) -> str:
+    """Resolve one intent now (under its artifact's write lock, decided again once held), as
+    `fsck --repair` would; healing calls this. Returns the action taken."""
+    check = _Fsck(service, repair=True, hashes=False, min_age_s=0.0, delete_unregistered=False, now=None)
+    rec, action, detail, _content = check._decide_intent(intent)
+    problem = Problem(INTENT, intent.storage_key, detail, uid=rec.uid if rec else None, action=action)
+    check._resolve_intent(intent, problem)
+    return problem.action

@@ -210,8 +210,16 @@ def current_umask() -> int:
 def make_temp_file(directory: pathlib.Path) -> tuple[int, str]:
     """Create a temp file (TEMP_PREFIX…) in `directory` (created if needed) with the mode a plain
     open() would give (mkstemp makes 0600 files). Returns (fd, path)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+    for attempt in range(8):
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+            break
+        except FileNotFoundError:
+            # a concurrent delete of the directory's last file pruned it (local roots remove empty
+            # parents) between the mkdir and here: make it again
+            if attempt == 7:
+                raise
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
     except OSError:

@@ -9,9 +9,11 @@ Imports: the standard library, `lamfs.errors`, `lamfs.storage.base`.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pathlib
+import secrets
 import stat
 from collections.abc import Iterable, Iterator
 from os import PathLike
@@ -288,12 +290,45 @@ class LocalStorage(Storage):
         target = self._path(dst_key)
         if src_key == dst_key:
             return self.head(src_key)
+        if self._link_into_place(src_key, target):
+            return self.head(dst_key)
         fd, _st = self._open_checked(src_key, "copy", None)
         try:
             self._write_atomically(target, fd, None, what=self._what("copy", src_key) + f" to {dst_key!r}")
         finally:
             os.close(fd)
         return self.head(dst_key)
+
+    def _link_into_place(self, src_key: str, target: pathlib.Path) -> bool:
+        """A copy without moving bytes: hard-link the source to a temp name, rename it over the target.
+        Safe because lamfs never rewrites an object in place (every write is temp + rename), so two
+        names of one inode never see each other's changes. False where links are not possible (another
+        filesystem, a filesystem without hard links): the caller copies the bytes."""
+        src = self._path(src_key)
+        for attempt in range(8):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                return False
+            tmp_name = str(target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}")
+            try:
+                os.link(src, tmp_name)
+                break
+            except FileNotFoundError as exc:
+                # the source is gone, or the target's directory was pruned (local roots remove empty
+                # parents) by a concurrent delete since the mkdir: then make it again
+                if not src.exists() or attempt == 7:
+                    raise _map_os_error(exc, self._what("copy", src_key)) from exc
+            except OSError:
+                return False
+        try:
+            os.replace(tmp_name, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+            raise _map_os_error(exc, self._what("copy", src_key), writing=True) from exc
+        fsync_dir(target.parent)
+        return True
 
     def delete(self, key: str) -> None:
         path = self._path(key)

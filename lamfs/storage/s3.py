@@ -547,7 +547,10 @@ class S3Storage(Storage):
                     copy_source={"Bucket": self.bucket, "Key": src},
                     bucket=self.bucket,
                     key=dst,
-                    extra_args={},
+                    # a fresh checksum of the copy's own: copying an object uploaded in parts otherwise
+                    # keeps the source's per-part composite checksum on some servers (moto), and clients
+                    # that validate full-object checksums on GET then refuse the copy
+                    extra_args={"ChecksumAlgorithm": "CRC32"},
                     source_client=self._client,
                 )
                 future.result()
