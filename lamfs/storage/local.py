@@ -305,6 +305,11 @@ class LocalStorage(Storage):
         names of one inode never see each other's changes. False where links are not possible (another
         filesystem, a filesystem without hard links): the caller copies the bytes."""
         src = self._path(src_key)
+        try:
+            if os.path.samefile(src, target):  # linked by an earlier, interrupted settle: done already
+                return True
+        except OSError:
+            pass
         for attempt in range(8):
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -322,7 +327,11 @@ class LocalStorage(Storage):
             except OSError:
                 return False
         try:
+            # (rename(2) onto another link of the same inode does nothing and leaves the source name:
+            # hence the samefile check above, and the unlink below for a race with another linker)
             os.replace(tmp_name, target)
+            if os.path.lexists(tmp_name):
+                os.unlink(tmp_name)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
