@@ -298,9 +298,13 @@ def cmd_status(args) -> int:
         if config is not None and daemon is not None:
             live = _live_stats(Path(config.cache_dir))
             if live is not None and live.get("pid") == daemon["pid"]:
-                row["block_cache"] = {k: v for k, v in live.items() if k not in ("pid", "updated_ns", "healing")}
+                if "space" in live:
+                    row["disk_space"] = live["space"]
                 if "healing" in live:
                     row["healing"] = live["healing"]
+                if "max_bytes" in live:  # a mount of a local root has no block cache
+                    row["block_cache"] = {k: v for k, v in live.items()
+                                          if k not in ("pid", "updated_ns", "space", "healing")}
         mounts.append(row)
     instances = []
     for c in configs:
@@ -328,6 +332,12 @@ def cmd_status(args) -> int:
             print(f"    the daemon is gone: `lamfs umount --lazy {m['mountpoint']}` cleans up, then mount again")
         if m.get("healing"):
             print(f"    healing at start: {m['healing'].get('summary')}")
+        sp = m.get("disk_space")
+        if sp:
+            disks = "; ".join(f"{human_size(d['margin_bytes'])} kept free on {d.get('mount', d['path'])} "
+                              f"({human_size(d['free_bytes'])} free of {human_size(d['total_bytes'])})"
+                              for d in sp["disks"])
+            print(f"    disk margin: {disks}; {sp['refusals']} write(s) refused with ENOSPC")
         bc = m.get("block_cache")
         if bc and "max_bytes" in bc:
             print(f"    block cache {human_size(bc.get('used_bytes', 0))} of {human_size(bc.get('max_bytes', 0))}, "
@@ -746,6 +756,8 @@ def cmd_mount(args) -> int:
         raise CliError(f"mountpoint {mountpoint} does not exist or is not a directory", EXIT_USAGE)
     config = _mount_config(args)
     cache_size = parse_size(args.cache_size)
+    if args.disk_margin is not None:
+        parse_size(args.disk_margin)  # a usage error now, not in the daemon's log
     if args.write_back_threads is not None and not 1 <= args.write_back_threads <= 64:
         raise CliError("--write-back-threads must be between 1 and 64", EXIT_USAGE)
     if args.foreground:
@@ -757,6 +769,8 @@ def cmd_mount(args) -> int:
     cmd = [sys.executable, "-m", "lamfs.cli", "mount", str(mountpoint.resolve()), "--foreground",
            "--instance", config.name, "--cache-size", args.cache_size, "--entry-ttl", str(args.entry_ttl),
            "--attr-ttl", str(args.attr_ttl), "--log-file", str(log_file), "--log-level", args.log_level]
+    if args.disk_margin is not None:
+        cmd += ["--disk-margin", args.disk_margin]
     for flag in ("read_only", "allow_other", "debug", "write_back"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
@@ -796,6 +810,13 @@ def _mount_foreground(args, config, mountpoint: Path, cache_size: int) -> int:
         etag = None if identity.startswith("h:") else identity
         return storage.iter_range(storage_key, start, length, etag=etag)
 
+    from .space import SpaceGuard, catalog_path
+
+    # the disk(s) the mount writes to: staging and blocks under the cache dir, and the SQLite catalog;
+    # writes and cached blocks stop short of a margin kept free there (lamfs/space.py)
+    db = catalog_path(config.catalog)
+    space = SpaceGuard([cache_dir / "staging", cache_dir / "blocks"] + ([db.parent] if db is not None else []),
+                       margin=None if args.disk_margin is None else parse_size(args.disk_margin))
     blocks = None
     if not storage.is_local:  # local roots are read in place; only remote bytes need a cache
         from .cache.blocks import MOUNT_FRESH_BLOCKS, BlockCache
@@ -804,13 +825,14 @@ def _mount_foreground(args, config, mountpoint: Path, cache_size: int) -> int:
         # storage can stream a range
         blocks = BlockCache(cache_dir / "blocks", max_bytes=cache_size, fetch=fetch,
                             fetch_stream=fetch_stream if hasattr(storage, "iter_range") else None,
-                            fresh_blocks=MOUNT_FRESH_BLOCKS)
+                            fresh_blocks=MOUNT_FRESH_BLOCKS, space=space)
     try:
         run_mount(instance.service, mountpoint, block_cache=blocks, staging_dir=cache_dir / "staging",
                   read_only=args.read_only, allow_other=args.allow_other, debug=args.debug,
                   entry_ttl_s=args.entry_ttl, attr_ttl_s=args.attr_ttl, fsname=f"lamfs:{config.name}",
                   stats_path=cache_dir / STATS_FILE,
-                  write_back_threads=(args.write_back_threads or DEFAULT_WRITE_BACK_THREADS) if args.write_back else 0)
+                  write_back_threads=(args.write_back_threads or DEFAULT_WRITE_BACK_THREADS) if args.write_back else 0,
+                  space=space)
     finally:
         if blocks is not None:
             blocks.close()
@@ -879,6 +901,8 @@ def cmd_cache(args) -> int:
     config = inst.resolve_config(args.instance)
     cache_dir = Path(args.cache_dir or config.cache_dir)
     live = _live_stats(cache_dir)
+    if live is not None and not {"max_bytes", "write_back"} & live.keys():
+        live = None  # a mount without block cache nor write-back publishes only its disk margin
     if args.action == "clear":
         if live is not None:
             os.kill(live["pid"], signal.SIGUSR1)  # the mount clears its own cache (pinned blocks stay)
@@ -909,7 +933,7 @@ def cmd_cache(args) -> int:
                 stats, source = blocks.stats(), "on disk, no mount running"
         except CacheRootError as exc:
             raise CliError(str(exc)) from exc
-    stats = {k: v for k, v in stats.items() if k not in ("pid", "updated_ns")}
+    stats = {k: v for k, v in stats.items() if k not in ("pid", "updated_ns", "space")}
     if args.json:
         print(json.dumps(dict(stats, instance=config.name, cache_dir=str(cache_dir)), indent=2))
     else:
@@ -1050,6 +1074,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-other", action="store_true", help="let other users access the mount (off by default)")
     s.add_argument("--cache-dir", help="cache directory (default: the instance's)")
     s.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, help=f"read cache bound (default {DEFAULT_CACHE_SIZE})")
+    s.add_argument("--disk-margin", default=None, metavar="SIZE",
+                   help="free space kept on the disk(s) of the catalog, cache and staging; writes that would "
+                        "eat into it get ENOSPC (default: 5%% of the disk, 64M..4G, at most 10%%)")
     s.add_argument("--entry-ttl", type=float, default=1.0, help="kernel name cache TTL in seconds (default 1)")
     s.add_argument("--attr-ttl", type=float, default=1.0, help="kernel attribute cache TTL in seconds (default 1)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],

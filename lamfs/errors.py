@@ -93,6 +93,12 @@ class AccessDenied(StorageError):
     errno = errno.EACCES
 
 
+class NoSpace(LamfsError):
+    """The local disk under the mount (staging, cache, catalog) is down to its free-space margin."""
+
+    errno = errno.ENOSPC
+
+
 class CatalogBusy(LamfsError):
     """The catalog stayed locked/unreachable after retries."""
 

@@ -193,6 +193,53 @@ def test_stats_counts_hits_misses_and_bytes_fetched(tmp_path):
         assert s["used_bytes"] == 2 * FULL and s["evictions"] == 0
 
 
+def test_free_evicts_least_recently_used_unpinned_blocks(tmp_path):
+    """free(n): a write through the mount needs disk space; pinned blocks stay."""
+    src = Source()
+    a, b, c = (src.put(k, rand_bytes(2 * B, i)) for i, k in enumerate("abc"))
+    with BlockCache(tmp_path, block_bytes=B, readahead_blocks=0, fetch=src.fetch) as cache:
+        for obj in (a, b, c):  # block by block: a two-block read hands its second block to the pool
+            cache.read(obj, 0, B)
+            cache.read(obj, B, B)
+        with cache.open(a):  # a is read by an open file
+            assert cache.free(FULL) == FULL  # b's first block: the least recently used unpinned one
+            assert not cache.contains(b, 0, B) and cache.contains(b, B, B)
+            assert cache.free(10 * FULL) == 3 * FULL  # everything unpinned, no more
+            assert cache.contains(a) and not cache.contains(c)
+            assert cache.stats()["used_bytes"] == 2 * FULL and cache.stats()["evictions"] == 4
+            assert cache.free(FULL) == 0
+        assert cache.read(c, 0, 2 * B) == src.data(c)
+
+
+def test_disk_margin_refused_serves_without_storing(tmp_path):
+    """space (the mount's free-space margin): older blocks make room first; a block that still does
+    not fit is served and not stored."""
+    src = Source()
+    a, b = src.put("a", rand_bytes(B, 1)), src.put("b", rand_bytes(B, 2))
+
+    class Disk:  # room for one block file
+        inflight = 0
+
+        def reserve(self, n):
+            if n + self.inflight > FULL - cache.stats()["used_bytes"]:
+                return False
+            self.inflight += n
+            return True
+
+        def written(self, n):
+            self.inflight -= n
+
+    disk = Disk()
+    with BlockCache(tmp_path, block_bytes=B, readahead_blocks=0, fetch=src.fetch, space=disk) as cache:
+        assert cache.read(a, 0, B) == src.data(a) and cache.contains(a)
+        assert cache.read(b, 0, B) == src.data(b)
+        assert cache.contains(b) and not cache.contains(a)  # a made room for b
+        with cache.open(b):
+            assert cache.read(a, 0, B) == src.data(a)  # b is pinned: a is served, not stored
+            assert not cache.contains(a) and cache.contains(b)
+        assert disk.inflight == 0  # every reservation was followed by written()
+
+
 def test_short_fetch_raises_and_stores_nothing(tmp_path):
     src = Source()
     obj = src.put("k", rand_bytes(2 * B, 3))

@@ -133,7 +133,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from cachetools import LRUCache
 
@@ -144,6 +144,14 @@ log = logging.getLogger(__name__)
 Fetch = Callable[[str, int, int, str], bytes]
 #: Optional: the same range as an iterator of chunks, so readers get their bytes as they arrive.
 FetchStream = Callable[[str, int, int, str], Iterable[bytes]]
+
+
+class DiskRoom(Protocol):
+    """The free-space margin of the cache's disk (lamfs.space.SpaceGuard; this module does not import it)."""
+
+    def reserve(self, nbytes: int) -> bool: ...
+
+    def written(self, nbytes: int) -> None: ...
 
 FORMAT_VERSION = 1
 MARKER_NAME = "lamfs-block-cache.json"
@@ -334,8 +342,13 @@ class Pin:
 class BlockCache:
     def __init__(self, root: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  block_bytes: int = DEFAULT_BLOCK_BYTES, readahead_blocks: int = 8, fetch: Fetch,
-                 fetch_stream: FetchStream | None = None, fresh_blocks: int = 0):
-        """fresh_blocks: how many of the blocks fetched (and stored) last to keep in memory as well.
+                 fetch_stream: FetchStream | None = None, fresh_blocks: int = 0,
+                 space: DiskRoom | None = None):
+        """space: the mount's free-space margin on this disk (a lamfs.space.SpaceGuard): before a block
+        file is written, space.reserve(n) says whether it fits (space.written(n) follows the write); when
+        it does not, older blocks are evicted first, and if that is not enough the block is served
+        without being stored, as when the cache is full of pinned blocks.
+        fresh_blocks: how many of the blocks fetched (and stored) last to keep in memory as well.
         A sequential reader trails the read-ahead front by up to `readahead_blocks`; reading each block
         back from its file (open, header, CRC of every chunk) cost the daemon as much CPU as fetching
         it (py-spy of a cold `cat`). A block read from memory is the bytes as fetched: a file damaged
@@ -348,6 +361,7 @@ class BlockCache:
         self.readahead_blocks = readahead_blocks
         self._fetch = fetch
         self._fetch_stream = fetch_stream
+        self._space = space
         # Read-ahead never plans more than half the cache, or a small cache would evict the
         # blocks being read to make room for blocks not yet needed.
         # For the same reason fetches by the pool may reserve at most half the cache at a time,
@@ -477,6 +491,19 @@ class BlockCache:
             for (obj, _idx), flight in self._flights.items():
                 if obj not in self._pins:
                     flight.discard = True
+
+    def free(self, nbytes: int) -> int:
+        """Evict least recently used unpinned blocks until at least `nbytes` of block files are gone
+        (or none is left to evict): the disk is short of space for something more important, a write
+        through the mount. Returns the bytes freed."""
+        freed = 0
+        with self._lock:
+            while freed < nbytes and len(self._lru):
+                _bkey, block = self._lru.popitem()
+                if self._remove_locked(block):
+                    freed += block.file_bytes
+                    self._evictions += 1
+        return freed
 
     def close(self) -> None:
         """Stop read-ahead and release the root. Cached blocks stay on disk for the next start."""
@@ -640,11 +667,14 @@ class BlockCache:
                 raise ContentChanged(
                     f"{obj.storage_key}: fetch of block {idx} returned {len(data)} bytes, expected "
                     f"{length} (object size {obj.size}, etag {obj.etag})")
-            if flight.reserved:
+            if flight.reserved and self._room_on_disk(flight.reserved):
                 try:
                     tmp = self._write_temp(ident, idx, data)
                 except OSError as exc:  # e.g. ENOSPC from others' files: still serve the read
                     log.warning("could not store cache block %s of %s: %s", idx, obj.storage_key, exc)
+                finally:
+                    if self._space is not None:
+                        self._space.written(flight.reserved)
         except BaseException as exc:
             with self._lock:
                 self._reserved -= flight.reserved
@@ -676,6 +706,13 @@ class BlockCache:
             del self._flights[bkey]
         flight.finish(data, None)
         return data
+
+    def _room_on_disk(self, nbytes: int) -> bool:
+        """Blocking: may a block file of `nbytes` be written without eating into the disk margin? (True:
+        reserved in self._space, which the caller tells when the write is over)"""
+        if self._space is None or self._space.reserve(nbytes):
+            return True
+        return self.free(nbytes) > 0 and self._space.reserve(nbytes)
 
     def _fill_quietly(self, obj: ObjectId, ident: _Ident, idx: int, length: int, flight: _Flight) -> None:
         """Filler-pool task: errors reach the readers through the flight."""

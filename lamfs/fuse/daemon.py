@@ -75,12 +75,18 @@ def _heal(service, ops: LamfsOperations) -> None:
 
 
 def write_stats(ops: LamfsOperations, path: Path) -> None:
-    """Blocking: publish the block cache's counters for `lamfs cache stats` (temp file + rename)."""
+    """Blocking: publish the block cache's counters for `lamfs cache stats`, and the disk margin for
+    `lamfs status` (temp file + rename)."""
     stats = dict(ops.blocks.stats() if ops.blocks is not None else {}, pid=os.getpid(), updated_ns=time.time_ns())
     if ops.write_back is not None:
         stats["write_back"] = ops.write_back.stats()
     if ops.healing is not None:
         stats["healing"] = ops.healing
+    if ops.space is not None:
+        try:
+            stats["space"] = ops.space.stats()
+        except OSError as exc:  # a cache dir removed under us: the other counters still count
+            log.debug("disk space not published: %s", exc)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(stats))
     os.replace(tmp, path)
@@ -163,9 +169,11 @@ async def _serve(ops: LamfsOperations, stats_path: Path | None, mountpoint: Path
 
 def run_mount(service, mountpoint: str | Path, *, block_cache, staging_dir: Path, read_only: bool = False,
               allow_other: bool = False, debug: bool = False, entry_ttl_s: float = 1.0, attr_ttl_s: float = 1.0,
-              fsname: str = "lamfs", stats_path: Path | None = None, write_back_threads: int = 0) -> None:
+              fsname: str = "lamfs", stats_path: Path | None = None, write_back_threads: int = 0,
+              space=None) -> None:
     """Serve `mountpoint` until it is unmounted. write_back_threads > 0: write-back mode with that many
-    uploader threads (fuse/writeback.py); 0: durable-on-close."""
+    uploader threads (fuse/writeback.py); 0: durable-on-close. space: the lamfs.space.SpaceGuard that
+    keeps the disk margin (None: none is kept)."""
     staging_dir = Path(staging_dir)
     staging_dir.mkdir(parents=True, exist_ok=True)
     if not read_only:
@@ -176,7 +184,8 @@ def run_mount(service, mountpoint: str | Path, *, block_cache, staging_dir: Path
             log.info("write-back recovery: %(recovered)d file(s) committed, %(failed)d kept for later", outcome)
     write_back = WriteBack(write_back_threads) if write_back_threads > 0 and not read_only else None
     ops = LamfsOperations(service, block_cache=block_cache, staging_dir=staging_dir, read_only=read_only,
-                          entry_ttl_s=entry_ttl_s, attr_ttl_s=attr_ttl_s, write_back=write_back)
+                          entry_ttl_s=entry_ttl_s, attr_ttl_s=attr_ttl_s, write_back=write_back,
+                          space=None if read_only else space)
     options = set(pyfuse3.default_options)
     options.add(f"fsname={fsname}")
     options.add("subtype=lamfs")

@@ -38,12 +38,12 @@ import trio
 
 from ..catalog import ROOT_DIR_ID, ArtifactRecord, DirectoryRecord
 from ..errors import (
-    AlreadyExists, ContentChanged, InvalidKey, IsADirectory, NotEmpty, NotFound, NotPermitted, ReadOnly, SourceChanged,
-    StaleInode,
+    AlreadyExists, ContentChanged, InvalidKey, IsADirectory, LamfsError, NoSpace, NotEmpty, NotFound, NotPermitted,
+    ReadOnly, SourceChanged, StaleInode,
 )
 from ..keys import RESERVED_TOP, check_name, join_key, validate_key
 from ..storage.local import local_etag
-from .errno_map import fuse_errors
+from .errno_map import fuse_errors, to_errno
 from .writeback import WriteBack, transient, write_journal
 
 log = logging.getLogger("lamfs.fuse")
@@ -80,6 +80,10 @@ class WriteState:
     # the last commit (flush/fsync) failed and close(2) reported EIO: release must not retry it behind
     # the user's back (the bytes stay in staging); a later write clears this
     commit_failed: bool = False
+    # the errno of a write(2) that failed (ENOSPC: the disk margin, see lamfs/space.py): that write was
+    # never acknowledged, so the staging copy is not what the writer meant. Close reports it, nothing is
+    # committed, and release deletes the copy (its space comes back); sticky until then
+    write_error: int = 0
     # write-back mode: an uploader holds a reference until it has committed (see fuse/writeback.py)
     queued: bool = False
     journal: Path | None = None
@@ -126,7 +130,9 @@ class LamfsOperations(pyfuse3.Operations):
 
     def __init__(self, service, *, block_cache=None, staging_dir: Path, read_only: bool = False,
                  entry_ttl_s: float = 1.0, attr_ttl_s: float = 1.0, max_threads: int = 16,
-                 write_back: WriteBack | None = None):
+                 write_back: WriteBack | None = None, space=None):
+        """space: a lamfs.space.SpaceGuard for the disk(s) under staging, cache and catalog (None: no
+        margin is kept)."""
         super().__init__()
         self.service = service
         self.storage = service.storage
@@ -156,6 +162,7 @@ class LamfsOperations(pyfuse3.Operations):
         self.inflight = 0
         self.write_back = write_back
         self.healing: dict | None = None  # what healing at start did (daemon.py), for `lamfs status`
+        self.space = space
         self.unmounted = False  # no more kernel notifications (uploads may still finish after unmount)
         self.started_ns = time.time_ns()
         # guards the pending/writers registries and every WriteState.handles count: handlers run in
@@ -592,11 +599,15 @@ class LamfsOperations(pyfuse3.Operations):
         renames a temp file into place, so the fd is opened only afterwards)."""
         path = self.staging_dir / f"w-{os.getpid()}-{time.time_ns()}-{next(self._fh)}"
         if fill_from is not None and fill_from.size:
+            reserved = self._make_room(fill_from.size, fill_from.key)
             try:
                 self._fill_staging(fill_from, path)
             except BaseException:
                 path.unlink(missing_ok=True)
                 raise
+            finally:
+                if reserved:
+                    self.space.written(reserved)
             return path, os.open(path, os.O_RDWR)
         return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
@@ -664,10 +675,10 @@ class LamfsOperations(pyfuse3.Operations):
                 del self.writers[ino]
             os.close(state.fd)
             state.fd = -1
-        if state.dirty and not state.unlinked:
+        if state.dirty and not state.unlinked and not state.write_error:
             log.error("uncommitted writes to %s are kept at %s", state.key, state.path)
         else:
-            state.path.unlink(missing_ok=True)
+            self._discard_staging(state)
 
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -887,11 +898,44 @@ class LamfsOperations(pyfuse3.Operations):
         state = handle.write
         if handle.append:
             off = os.fstat(state.fd).st_size
-        written = os.pwrite(state.fd, buf, off)
-        state.changed()
+        reserved = 0
+        try:
+            if self.space is not None:
+                if self.space.reserve(len(buf)):
+                    reserved = len(buf)
+                else:  # near the margin: count only what the write adds (rewriting bytes the file has is free)
+                    reserved = self._make_room(max(0, off + len(buf) - os.fstat(state.fd).st_size), state.key)
+            written = os.pwrite(state.fd, buf, off)
+            state.changed()
+        except (OSError, LamfsError) as exc:  # NoSpace: refused at the margin; OSError: by the disk itself
+            state.write_error = state.write_error or to_errno(exc)
+            raise
+        finally:
+            if reserved:
+                self.space.written(reserved)
         state.commit_failed = False
         state.mtime_ns = time.time_ns()
         return written
+
+    def _make_room(self, nbytes: int, key: str | None) -> int:
+        """Blocking: reserve room for `nbytes` more in staging without eating into the disk margin:
+        evict block-cache blocks if that helps, else refuse with NoSpace (ENOSPC). Returns the bytes
+        reserved (the caller calls space.written with them once it has written)."""
+        if self.space is None or nbytes <= 0:
+            return 0
+        if self.space.reserve(nbytes):
+            return nbytes
+        if self.blocks is not None:
+            freed = self.blocks.free(self.space.shortfall(nbytes))
+            if freed:
+                log.info("disk margin: evicted %d bytes of cached blocks to make room for writes", freed)
+                if self.space.reserve(nbytes):
+                    return nbytes
+        self.space.refused()
+        disks = ", ".join(f"{d.path}: {d.free_bytes >> 20} MiB free, {d.margin_bytes >> 20} MiB kept free"
+                          for d in self.space.disks())
+        raise NoSpace(f"no space for {nbytes} more bytes of {key}: the local disk is down to its free-space "
+                      f"margin, kept for the catalog ({disks}; lamfs mount --disk-margin)")
 
     @fuse_errors
     async def flush(self, fh):
@@ -900,6 +944,7 @@ class LamfsOperations(pyfuse3.Operations):
         if handle is None or handle.write is None or not handle.write.dirty:
             return
         if self.write_back is not None:
+            self._check_writes(handle.write)
             await self._run(self._enqueue, handle)
             return
         await self._commit_now(handle)
@@ -986,7 +1031,8 @@ class LamfsOperations(pyfuse3.Operations):
             self._commit(state, pending)
         except Exception as exc:
             state.commit_failed = True
-            log.warning("commit of %s failed; the written bytes are kept at %s: %s", state.key, state.path, exc)
+            if not state.write_error:  # (else nothing is kept: the caller reports it)
+                log.warning("commit of %s failed; the written bytes are kept at %s: %s", state.key, state.path, exc)
             raise
         state.commit_failed = False
         if pending is not None and state.record is not None:
@@ -1003,6 +1049,7 @@ class LamfsOperations(pyfuse3.Operations):
         with state.lock:
             if not state.dirty or state.unlinked:
                 return
+            self._check_writes(state)
             if state.record is None and pending is not None:
                 # its directory may have been renamed since the create: the key follows it
                 state.key = join_key(self.service.dir_by_id(pending.dir_id).path, pending.name)
@@ -1028,6 +1075,14 @@ class LamfsOperations(pyfuse3.Operations):
                 self.service.trash(rec)
             if self.blocks is not None:
                 self.blocks.invalidate(rec.storage_key)
+
+    @staticmethod
+    def _check_writes(state: WriteState) -> None:
+        """A file one of whose writes failed is never committed (nor queued): close(2) says so."""
+        if state.write_error:
+            what = f"a write to {state.key} failed ({errno.errorcode.get(state.write_error, state.write_error)}): " \
+                   f"not committed, the partial copy is deleted when the file is closed"
+            raise NoSpace(what) if state.write_error in (errno.ENOSPC, errno.EDQUOT) else LamfsError(what)
 
     def _invalidate_entry(self, dir_id: int, name: str) -> None:
         if self.unmounted:
@@ -1055,7 +1110,9 @@ class LamfsOperations(pyfuse3.Operations):
         state = handle.write
         if state is None:
             return
-        if state.dirty and not state.unlinked and self.write_back is not None and not state.commit_failed:
+        if state.write_error:
+            pass  # never committed: deleted below once its last descriptor is gone
+        elif state.dirty and not state.unlinked and self.write_back is not None and not state.commit_failed:
             self._enqueue(handle)  # writes after the last flush (e.g. through mmap): queue them too
         elif state.dirty and not state.unlinked and state.handles == 1 and not state.commit_failed:
             try:  # normally flush committed already; this catches writes after the last flush
@@ -1080,12 +1137,19 @@ class LamfsOperations(pyfuse3.Operations):
             else:
                 pending = None
         if pending is not None or state.record is None:
-            if state.dirty and not state.unlinked:
+            if state.dirty and not state.unlinked and not state.write_error:
                 log.error("uncommitted new file %s is kept at %s", state.key, state.path)
             else:
-                state.path.unlink(missing_ok=True)
+                self._discard_staging(state)
             return
         self._drop_writer(art_ino(state.record.id), state)
+
+    def _discard_staging(self, state: WriteState) -> None:
+        """Delete a staging copy that holds nothing to keep (committed, deleted, or incomplete)."""
+        if state.write_error and state.dirty and not state.unlinked:
+            log.warning("%s was not committed (a write failed): its partial copy is deleted", state.key)
+            self._drop_journal(state)
+        state.path.unlink(missing_ok=True)
 
     # -- namespace changes ---------------------------------------------------------------------------------
 
