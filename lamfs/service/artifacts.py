@@ -55,6 +55,18 @@ def staged_uid(storage_key: str) -> str | None:
     return storage_key[len(STAGED_PREFIX):].split("/", 1)[0].split("-", 1)[0] or None
 
 
+def auto_key(uid: str, suffix: str) -> str:
+    """The storage key of an auto-managed artifact: its home under `.lamindb/`."""
+    return f"{AUTO_KEY_PREFIX}{uid}{suffix}"
+
+
+def settles_to(record: ArtifactRecord, intent) -> bool:
+    """Whether `intent` is a pending settle of `record`: its bytes, committed elsewhere, still to be
+    moved to the intent's key (the one rule home_key, settle_locked, healing and fsck share)."""
+    return (intent.storage_key != record.storage_key
+            and (intent.new_hash, intent.new_size) == (record.hash, record.size))
+
+
 # move(): how often a rename looks again at a target that another process created or deleted meanwhile
 MOVE_ATTEMPTS = 8
 
@@ -234,7 +246,7 @@ class ArtifactService:
                 key, virtual = in_storage, False
             storage_key = in_storage
         elif key is None or virtual:
-            storage_key = f"{AUTO_KEY_PREFIX}{uid}{suffix}"
+            storage_key = auto_key(uid, suffix)
         else:
             storage_key = key
             if revises is not None:
@@ -432,7 +444,7 @@ class ArtifactService:
     def _home_with_suffix(self, record: ArtifactRecord, suffix: str) -> str:
         """The home key `record`'s bytes get when a replace changes its suffix to `suffix`."""
         if self.is_auto_managed(record):
-            return f"{AUTO_KEY_PREFIX}{record.uid}{suffix}"
+            return auto_key(record.uid, suffix)
         return replace_suffix(self.home_key(record), record.suffix, suffix)
 
     def _live_file_at(self, key: str | None) -> ArtifactRecord | None:
@@ -512,10 +524,10 @@ class ArtifactService:
         """Where `record`'s bytes belong: its storage key, or, while a settle is pending, the key
         its intent names."""
         for intent in self.catalog.intents(record.id):
-            if intent.storage_key != record.storage_key and intent.new_hash == record.hash:
+            if settles_to(record, intent):
                 return intent.storage_key
         if is_staged(record.storage_key):  # no intent (removed by hand?): the auto-managed home
-            return f"{AUTO_KEY_PREFIX}{record.uid}{record.suffix}"
+            return auto_key(record.uid, record.suffix)
         return record.storage_key
 
     def settle(self, record: ArtifactRecord) -> ArtifactRecord:
@@ -542,16 +554,15 @@ class ArtifactService:
         is finished by running it again."""
         rec = self.catalog.artifact_by_id(artifact_id)
         intents = self.catalog.intents(rec.id)
-        settle_to = [i for i in intents if i.storage_key != rec.storage_key and i.new_hash == rec.hash]
+        settle_to = [i for i in intents if settles_to(rec, i)]
         if not settle_to:
             done = [i.id for i in intents if i.storage_key == rec.storage_key and i.new_hash == rec.hash]
             if done:  # committed and settled; only the intents were left
                 self.catalog.retrying(lambda: [self.catalog.remove_intent(i) for i in done])
             return rec
         source, home = rec.storage_key, settle_to[-1].storage_key
-        self._copy_object(source, home, rec.is_folder)
+        etag = self._copy_object(source, home, rec.is_folder)
         crash_point("settle.copied")
-        etag = None if rec.is_folder else self._etag(home)
 
         def commit() -> ArtifactRecord:
             still_locked()
@@ -623,18 +634,16 @@ class ArtifactService:
         if real:
             new_storage_key = new_key
         elif new_suffix != record.suffix and self.is_auto_managed(record):
-            new_storage_key = f"{AUTO_KEY_PREFIX}{record.uid}{new_suffix}"
+            new_storage_key = auto_key(record.uid, new_suffix)
         else:
             # registered in place, or same suffix: the bytes stay where they are
             new_storage_key, new_suffix = record.storage_key, record.suffix
         moves = new_storage_key != record.storage_key
-        if moves:
-            self._refuse_unregistered_object(new_storage_key, record.is_folder)
-            self._copy_object(record.storage_key, new_storage_key, record.is_folder)
         fields = {"key": new_key}
         if moves:
-            fields.update(storage_key=new_storage_key, suffix=new_suffix,
-                          storage_etag=None if record.is_folder else self._etag(new_storage_key))
+            self._refuse_unregistered_object(new_storage_key, record.is_folder)
+            etag = self._copy_object(record.storage_key, new_storage_key, record.is_folder)
+            fields.update(storage_key=new_storage_key, suffix=new_suffix, storage_etag=etag)
         try:
             updated = self.catalog.retrying(self.catalog.update_artifact, record.id, **fields)
         except BaseException:
@@ -693,7 +702,7 @@ class ArtifactService:
                                else "It is not allowed to replace a file with a folder.")
         old_key, folder = dst.storage_key, dst.is_folder
         # dst's bytes belong at its own key: `.lamindb/{uid}{suffix}`, or the path of a real key
-        home = f"{AUTO_KEY_PREFIX}{dst.uid}{dst.suffix}" if self.is_auto_managed(dst) else dst.storage_key
+        home = self._home_with_suffix(dst, dst.suffix)
 
         def commit() -> ArtifactRecord:
             still_locked()
@@ -734,15 +743,14 @@ class ArtifactService:
                                               key_is_virtual=False)
         below = [self.settle(r) for r in below]  # bytes at their home before the home moves
         real = [r for r in below if not r.key_is_virtual and r.storage_key == r.key]
-        moved: list[tuple[ArtifactRecord, str]] = []
+        moved: list[tuple[ArtifactRecord, str, str | None]] = []  # (record, new key, its etag)
         try:
             for rec in real:
                 new_key = new_path + rec.key[len(old_path):]
                 self._refuse_unregistered_object(new_key, rec.is_folder)
-                self._copy_object(rec.storage_key, new_key, rec.is_folder)
-                moved.append((rec, new_key))
+                moved.append((rec, new_key, self._copy_object(rec.storage_key, new_key, rec.is_folder)))
         except BaseException:
-            for rec, new_key in moved:
+            for rec, new_key, _etag in moved:
                 self.delete_object(new_key, rec.is_folder)
             raise
         parent, name = (new_path.rsplit("/", 1) if "/" in new_path else ("", new_path))
@@ -754,9 +762,8 @@ class ArtifactService:
             if self.catalog.live_child_artifact(target_parent.id, name) is not None:
                 raise AlreadyExists(f"an artifact already exists at {new_path!r}")
             changed = self.catalog.move_dir(source.id, target_parent.id, name)
-            for rec, new_key in moved:
-                self.catalog.update_artifact(rec.id, storage_key=new_key,
-                                             storage_etag=None if rec.is_folder else self._etag(new_key))
+            for rec, new_key, etag in moved:
+                self.catalog.update_artifact(rec.id, storage_key=new_key, storage_etag=etag)
             return changed
 
         try:
@@ -913,13 +920,15 @@ class ArtifactService:
         if not found:
             raise NotFound(f"no objects under {self.storage.url(storage_key)}")
 
-    def _copy_object(self, src: str, dst: str, is_folder: bool) -> None:
+    def _copy_object(self, src: str, dst: str, is_folder: bool) -> str | None:
+        """Server-side copy; returns the copy's etag for a file (as the copy reported it: no HEAD
+        needed for the commit), None for a folder."""
         if not is_folder:
-            self.storage.copy(src, dst)
-            return
+            return self.storage.copy(src, dst).etag
         prefix = src + "/"
         for info in list(self.storage.list(prefix)):
             self.storage.copy(info.key, dst + "/" + info.key[len(prefix):])
+        return None
 
     def delete_object(self, storage_key: str, is_folder: bool) -> None:
         try:

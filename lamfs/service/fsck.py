@@ -43,7 +43,7 @@ from ..errors import ContentChanged, LamfsError, NotFound, StorageError
 from ..hashing import CHUNK_BYTES, ContentHash, b64, hash_from_hashes
 from ..keys import AUTO_KEY_PREFIX
 from ..storage import TEMP_PREFIX, ObjectInfo
-from .artifacts import ArtifactService
+from .artifacts import ArtifactService, settles_to
 
 log = logging.getLogger("lamfs.fsck")
 
@@ -191,7 +191,7 @@ class _Fsck:
                                        f"uploading); its object is an orphan once the intent is dropped"), None
         if rec is None:
             return None, DROP_INTENT, f"{where}: its artifact no longer exists", None
-        if rec.storage_key != intent.storage_key and (rec.hash, rec.size) == (intent.new_hash, intent.new_size):
+        if settles_to(rec, intent):
             return rec, SETTLE, (f"{where}: the bytes are committed at {rec.storage_key} and still to be moved "
                                  f"to their home (healing does this by itself)"), None
         try:

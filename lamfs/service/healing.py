@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import LamfsError, NotFound
-from .artifacts import STAGED_PREFIX, ArtifactService, staged_uid
+from .artifacts import STAGED_PREFIX, ArtifactService, settles_to, staged_uid
 from .fsck import resolve_intent
 
 log = logging.getLogger("lamfs")
@@ -95,7 +95,7 @@ def _heal_intents(service: ArtifactService, report: HealReport, abandoned_after_
         except NotFound:
             rec = None
         try:
-            if rec is not None and rec.storage_key != intent.storage_key and rec.hash == intent.new_hash:
+            if rec is not None and settles_to(rec, intent):
                 before = rec.storage_key
                 if service.settle(rec).storage_key != before:
                     report.settled += 1
